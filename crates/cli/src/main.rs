@@ -1,0 +1,109 @@
+//! The `tersor` command line. Thin by design: argument parsing, output
+//! formatting and error reporting live here; every computation lives in the
+//! library crates.
+
+use std::num::NonZeroUsize;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+mod cmd_eval;
+mod cmd_fetch;
+mod cmd_inspect;
+
+/// tersor: compress neural networks (GGUF / safetensors) and measure what
+/// the compression costs in quality.
+#[derive(Debug, Parser)]
+#[command(name = "tersor", version, about, propagate_version = true)]
+struct Cli {
+    /// Worker threads for all parallel work (default: one per core).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<NonZeroUsize>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Download (or copy) and verify the default assets; print their paths.
+    Fetch(cmd_fetch::FetchArgs),
+    /// Describe a GGUF or safetensors model: architecture, parameters,
+    /// tensors, bits per weight.
+    Inspect(cmd_inspect::InspectArgs),
+    /// Evaluate a model's quality (perplexity, ...) on the default texts.
+    Eval(cmd_eval::EvalArgs),
+}
+
+/// Sizes the thread pools before anything can start them: rayon's global
+/// pool directly, and candle (whose CPU kernels size themselves from
+/// `RAYON_NUM_THREADS`) through the environment.
+fn set_threads(n: NonZeroUsize) -> anyhow::Result<()> {
+    // Still single-threaded here, so changing the environment is sound.
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n.get())
+        .build_global()
+        .context("cannot size the thread pool")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        set_threads(n)?;
+    }
+    match cli.command {
+        Command::Fetch(args) => cmd_fetch::run(args),
+        Command::Inspect(args) => cmd_inspect::run(args),
+        Command::Eval(args) => cmd_eval::run(args),
+    }
+}
+
+fn main() -> ExitCode {
+    restore_sigpipe();
+    // Usage errors: clap prints them and exits with code 2 (0 for --help and
+    // --version).
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole context chain: "a: b: c".
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `tersor inspect | head` would fail (and
+/// `println!` panic) when `head` exits. Restore the default action: the
+/// process ends quietly, as any Unix filter does.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in `main`, before any other thread exists;
+    // SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// The model to work on: the one given, else the default LM (fetched and
+/// verified on first use).
+pub(crate) fn model_or_default(
+    model: Option<std::path::PathBuf>,
+) -> anyhow::Result<std::path::PathBuf> {
+    match model {
+        Some(p) => Ok(p),
+        None => tersor_assets::ensure_default_lm().context("cannot obtain the default model"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,339 @@
+//! End-to-end tests of the `tersor` binary: `inspect` and `fetch` on the
+//! default assets, bad inputs, usage errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const TERSOR: &str = env!("CARGO_BIN_EXE_tersor");
+
+// Published figures (shared/assets/README.md).
+const LM_PARAMS: u64 = 134_515_008;
+const LM_TENSORS: u64 = 272;
+const ENCODER_PARAMS: u64 = 22_713_728;
+
+fn tersor(args: &[&str]) -> Output {
+    Command::new(TERSOR)
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("cannot run the tersor binary")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = tersor(args);
+    assert!(
+        o.status.success(),
+        "tersor {args:?} failed ({}):\n{}",
+        o.status,
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+fn json(args: &[&str]) -> Value {
+    let out = ok(args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("tersor {args:?}: bad JSON ({e}):\n{out}"))
+}
+
+fn default_lm() -> PathBuf {
+    tersor_assets::ensure_default_lm().unwrap_or_else(|e| panic!("default LM: {e}"))
+}
+
+fn default_encoder() -> PathBuf {
+    tersor_assets::ensure_default_encoder().unwrap_or_else(|e| panic!("default encoder: {e}"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `path`'s size × 8 / `params`, as inspect should report it.
+fn expected_bpw(path: &Path, params: u64) -> f64 {
+    std::fs::metadata(path).unwrap().len() as f64 * 8.0 / params as f64
+}
+
+fn type_row<'a>(report: &'a Value, ty: &str) -> &'a Value {
+    report["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == ty)
+        .unwrap_or_else(|| panic!("no {ty} row in {}", report["types"]))
+}
+
+#[test]
+fn inspect_default_lm_text() {
+    let lm = default_lm();
+    // No MODEL argument means the default LM.
+    let out = ok(&["inspect"]);
+    assert!(out.contains(s(&lm)), "{out}");
+    assert!(out.contains("architecture  llama"), "{out}");
+    assert!(out.contains("tensors       272"), "{out}");
+    assert!(out.contains("parameters    134,515,008"), "{out}");
+    let bpw = format!("bits/weight   {:.3}", expected_bpw(&lm, LM_PARAMS));
+    assert!(out.contains(&bpw), "want {bpw:?} in\n{out}");
+    assert!(bpw.contains("5.850"));
+    // One line per tensor.
+    assert!(out.contains("token_embd.weight"), "{out}");
+    assert!(out.contains("blk.29.ffn_down.weight"), "{out}");
+}
+
+#[test]
+fn inspect_default_lm_json() {
+    let lm = default_lm();
+    let r = json(&["inspect", s(&lm), "--json"]);
+    let file_bytes = std::fs::metadata(&lm).unwrap().len();
+    assert_eq!(r["format"], "gguf");
+    assert_eq!(r["architecture"], "llama");
+    assert_eq!(r["parameters"], LM_PARAMS);
+    assert_eq!(r["n_tensors"], LM_TENSORS);
+    assert_eq!(r["file_bytes"], file_bytes);
+    let bpw = r["bits_per_weight"].as_f64().unwrap();
+    assert!((bpw - expected_bpw(&lm, LM_PARAMS)).abs() < 1e-12, "{bpw}");
+
+    // Types: 210 Q4_1 matrices, the Q8_0 (tied) embedding, F32 norms; their
+    // bits per weight follow from the block layouts (20 B / 32, 34 B / 32).
+    let q4_1 = type_row(&r, "q4_1");
+    assert_eq!(q4_1["tensors"], 210);
+    assert_eq!(q4_1["bits_per_weight"], 5.0);
+    let q8_0 = type_row(&r, "q8_0");
+    assert_eq!(q8_0["tensors"], 1);
+    assert_eq!(q8_0["bits_per_weight"], 8.5);
+    let f32_ = type_row(&r, "f32");
+    assert_eq!(f32_["tensors"], 61);
+    assert_eq!(f32_["bits_per_weight"], 32.0);
+    let types = r["types"].as_array().unwrap();
+    assert_eq!(types.len(), 3, "{types:?}");
+
+    let tensors = r["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len() as u64, LM_TENSORS);
+    let sum_params: u64 = tensors.iter().map(|t| t["params"].as_u64().unwrap()).sum();
+    let sum_bytes: u64 = tensors.iter().map(|t| t["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(sum_params, LM_PARAMS);
+    assert!(sum_bytes < file_bytes, "tensor data must fit in the file");
+    let by_type: u64 = types.iter().map(|t| t["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(by_type, sum_bytes);
+
+    let t = |name: &str| {
+        tensors
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no tensor {name}"))
+    };
+    let emb = t("token_embd.weight");
+    assert_eq!(emb["type"], "q8_0");
+    assert_eq!(emb["shape"], serde_json::json!([576, 49152]));
+    assert_eq!(emb["bytes"], 576 * 49152 / 32 * 34);
+    let down = t("blk.0.ffn_down.weight");
+    assert_eq!(down["type"], "q4_1");
+    assert_eq!(down["shape"], serde_json::json!([1536, 576]));
+    assert_eq!(down["bytes"], 1536 * 576 / 32 * 20);
+    assert!(tensors.iter().all(|t| t["name"] != "output.weight"));
+}
+
+/// Whether python3 can `import gguf`; under CI (env CI set) it must.
+fn python_gguf() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import gguf"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but python3 cannot `import gguf` (pip install gguf==0.19.0 numpy)"
+        );
+        eprintln!("skipping: python3 cannot `import gguf`");
+    }
+    ok
+}
+
+#[test]
+fn inspect_agrees_with_python_gguf() {
+    if !python_gguf() {
+        return;
+    }
+    let lm = default_lm();
+    let r = json(&["inspect", s(&lm), "--json"]);
+    let script = r#"
+import sys, json
+from gguf import GGUFReader
+r = GGUFReader(sys.argv[1])
+print(json.dumps([[t.name, [int(d) for d in t.shape], t.tensor_type.name.lower(), int(t.n_elements), int(t.n_bytes)] for t in r.tensors]))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, s(&lm)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reference: Vec<(String, Vec<u64>, String, u64, u64)> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<(String, Vec<u64>, String, u64, u64)> = r["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            serde_json::from_value(serde_json::json!([
+                t["name"],
+                t["shape"],
+                t["type"],
+                t["params"],
+                t["bytes"]
+            ]))
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(ours, reference);
+}
+
+#[test]
+fn inspect_default_encoder_folder() {
+    let dir = default_encoder();
+    let r = json(&["inspect", s(&dir), "--json"]);
+    assert_eq!(r["format"], "safetensors");
+    assert_eq!(r["architecture"], "bert");
+    assert_eq!(r["parameters"], ENCODER_PARAMS);
+    let weights = dir.join("model.safetensors");
+    assert_eq!(r["files"], serde_json::json!([s(&weights)]));
+    let bpw = r["bits_per_weight"].as_f64().unwrap();
+    assert!((bpw - expected_bpw(&weights, ENCODER_PARAMS)).abs() < 1e-12);
+    // f32 weights plus the int64 position_ids buffer.
+    assert_eq!(type_row(&r, "F32")["params"], ENCODER_PARAMS - 512);
+    assert_eq!(type_row(&r, "I64")["params"], 512);
+    let tensors = r["tensors"].as_array().unwrap();
+    let word = tensors
+        .iter()
+        .find(|t| t["name"] == "embeddings.word_embeddings.weight")
+        .expect("word embeddings");
+    assert_eq!(word["shape"], serde_json::json!([30522, 384]));
+    assert_eq!(word["bytes"], 30522 * 384 * 4);
+
+    // The weights file alone gives the same totals.
+    let single = json(&["inspect", s(&weights), "--json"]);
+    assert_eq!(single["parameters"], ENCODER_PARAMS);
+    assert_eq!(single["n_tensors"], r["n_tensors"]);
+}
+
+/// Runs `tersor inspect path` expecting a clean failure that names `path`.
+fn assert_clean_failure(path: &Path) -> String {
+    let o = tersor(&["inspect", s(path)]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "stderr:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(s(path)), "error must name the file:\n{err}");
+    assert!(o.stdout.is_empty(), "no half report on failure");
+    err
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let lm = default_lm();
+    let bytes = std::fs::read(&lm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Cut inside the metadata (the vocabulary alone is far larger than 1 MB).
+    let head = dir.path().join("head.gguf");
+    std::fs::write(&head, &bytes[..1 << 20]).unwrap();
+    assert_clean_failure(&head);
+
+    // Header intact, tensor data cut short.
+    let short = dir.path().join("short.gguf");
+    std::fs::write(&short, &bytes[..bytes.len() - 4096]).unwrap();
+    assert_clean_failure(&short);
+
+    // GGUF magic followed by noise.
+    let noise: Vec<u8> = (0..100_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let magic = dir.path().join("magic.gguf");
+    std::fs::write(&magic, [b"GGUF".as_slice(), &noise].concat()).unwrap();
+    assert_clean_failure(&magic);
+
+    // Garbage with no telling extension, and an empty file.
+    let garbage = dir.path().join("garbage.bin");
+    std::fs::write(&garbage, &noise).unwrap();
+    assert_clean_failure(&garbage);
+    let empty = dir.path().join("empty.safetensors");
+    std::fs::write(&empty, b"").unwrap();
+    assert_clean_failure(&empty);
+
+    // A truncated safetensors file.
+    let st = std::fs::read(default_encoder().join("model.safetensors")).unwrap();
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &st[..st.len() / 2]).unwrap();
+    assert_clean_failure(&cut);
+
+    // A folder without weights.
+    let empty_dir = dir.path().join("no-weights");
+    std::fs::create_dir(&empty_dir).unwrap();
+    assert_clean_failure(&empty_dir);
+
+    // Missing file.
+    let missing = dir.path().join("missing.gguf");
+    let err = assert_clean_failure(&missing);
+    assert!(err.to_lowercase().contains("no such file"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_version_works() {
+    for args in [
+        &["inspect", "--bogus"][..],
+        &["no-such-command"],
+        &["--threads", "0", "inspect"],
+        &[],
+    ] {
+        let o = tersor(args);
+        assert_eq!(o.status.code(), Some(2), "tersor {args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"));
+    }
+    let v = ok(&["--version"]);
+    assert_eq!(v.trim(), format!("tersor {}", env!("CARGO_PKG_VERSION")));
+    assert!(ok(&["--help"]).contains("inspect"));
+}
+
+#[test]
+fn threads_flag_is_accepted() {
+    let lm = default_lm();
+    let r = json(&["--threads", "1", "inspect", s(&lm), "--json"]);
+    assert_eq!(r["parameters"], LM_PARAMS);
+    let r = json(&["inspect", s(&lm), "--json", "--threads", "2"]);
+    assert_eq!(r["parameters"], LM_PARAMS);
+}
+
+#[test]
+fn fetch_reports_verified_paths() {
+    let r = json(&["fetch", "--json"]);
+    let path = |k: &str| PathBuf::from(r[k].as_str().unwrap_or_else(|| panic!("no {k} in {r}")));
+    assert_eq!(path("lm"), default_lm());
+    assert_eq!(path("encoder_dir"), default_encoder());
+    for (k, sha) in [
+        (
+            "lm",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
+        (
+            "botchan_eval",
+            "72acb6dfcb5f8c56279c7662d1264cf17135549db5dfc25d4eb4cfe72fa7dfe7",
+        ),
+        (
+            "botchan_calib",
+            "6907a86ed5ac6fb3e138ad3dab1ff4fd81b6e231836270423a9899a5cd653866",
+        ),
+    ] {
+        assert_eq!(tersor_assets::sha256_file(&path(k)).unwrap(), sha, "{k}");
+    }
+    assert!(path("encoder_dir").join("model.safetensors").is_file());
+    assert!(path("botchan").is_file());
+    let text = ok(&["fetch"]);
+    assert!(text.contains(s(&default_lm())), "{text}");
+}
