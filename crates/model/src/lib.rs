@@ -8,6 +8,14 @@
 //! - [`ActivationHook`] / [`XtxAccumulator`]: calibration statistics for GPTQ-style
 //!   compressors, collected layer by layer.
 //! - [`load`]: open a `.gguf` file or a Hugging Face directory as a [`LoadedModel`].
+//!
+//! Everything runs in f32 on the CPU with candle; matmuls go through the `gemm`
+//! crate (multithreaded with rayon; AVX-512 kernels enabled, see Cargo.toml). GGUF
+//! weights are dequantized once at load time with `tersor-ggml`, bit-exactly as
+//! llama.cpp does: that f32 model is the reference every quality figure is
+//! measured against. Throughput of the default model (SmolLM2-135M, one 512-token
+//! window, all logits) is about 300 tokens/s on 2 cores in a release build
+//! (`cargo run --release -p tersor-model --example speed`).
 
 mod bert;
 mod error;

@@ -16,7 +16,7 @@ use crate::tokenizer::{token_type, GgufVocab};
 
 /// SentencePiece tokenizer over a GGUF vocabulary (see the module docs).
 #[derive(Clone, Debug)]
-pub struct SpmTokenizer {
+pub(crate) struct SpmTokenizer {
     tokens: Vec<String>,
     types: Vec<i32>,
     scores: Vec<f32>,

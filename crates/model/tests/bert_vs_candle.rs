@@ -31,6 +31,14 @@ fn minilm_embeddings_match_candle_bert() {
     let sents: Vec<&str> = owned.iter().map(String::as_str).collect();
 
     let bert = Bert::from_hf_dir(&dir).unwrap();
+    // 22,713,728 tensors' elements in model.safetensors, less the unused pooler
+    // (384 x 384 + 384) and the `position_ids` buffer (512).
+    assert_eq!(bert.param_count(), 22_713_728 - 147_840 - 512);
+    let info = tersor_model::load(&dir).unwrap().describe();
+    assert_eq!(
+        (info.arch.as_str(), info.kind, info.n_layers),
+        ("bert", "encoder", 6)
+    );
     assert!(bert.pooling().mean && bert.pooling().normalize);
     let ours = bert.embed(&sents).unwrap();
     assert_eq!(ours.len(), 20);

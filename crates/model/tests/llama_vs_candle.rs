@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use tersor_model::{Llama, TextTokenizer};
+use tersor_model::{LoadedModel, TextTokenizer};
 
 /// Sequence length: we run all of it in one forward pass.
 const N: usize = 256;
@@ -113,7 +113,21 @@ fn logits_match_candle_llama() {
     let ids = &ids[..N];
 
     let t0 = Instant::now();
-    let ours = Llama::from_gguf(&path).unwrap();
+    let loaded = tersor_model::load(&path).unwrap();
+    let info = loaded.describe();
+    // llama.cpp reports 134,515,008 parameters for this model (tied output).
+    assert_eq!(
+        (info.arch.as_str(), info.kind, info.format),
+        ("llama", "decoder", "gguf")
+    );
+    assert_eq!(
+        (info.n_layers, info.hidden_size, info.vocab_size),
+        (30, 576, 49152)
+    );
+    assert_eq!(info.param_count, 134_515_008);
+    let LoadedModel::Decoder { model: ours, .. } = loaded else {
+        panic!("expected a decoder")
+    };
     let ours: Vec<Vec<f32>> = ours.forward(ids).unwrap().to_vec2().unwrap();
     println!("ours: {:.1} s", t0.elapsed().as_secs_f64());
 

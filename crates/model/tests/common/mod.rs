@@ -1,35 +1,44 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// The verified asset folder: `$TERSOR_ASSETS`, else `<repo>/../shared/assets`.
+/// The folder holding the default assets: `$TERSOR_ASSETS`, else the shared
+/// `<repo>/../shared/assets`, else tersor's asset cache (where `tersor fetch` puts
+/// them).
 ///
-/// Returns `None` (test skipped) only when `TERSOR_SKIP_ASSET_TESTS=1`; otherwise a
-/// missing folder fails the test with instructions.
+/// Returns `None` (test skipped) only when `TERSOR_SKIP_ASSET_TESTS=1`; otherwise
+/// missing assets fail the test with instructions.
 pub fn assets() -> Option<PathBuf> {
-    let dir = std::env::var_os("TERSOR_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/assets")
-        });
-    let ok = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf").is_file()
-        && dir.join("all-MiniLM-L6-v2/model.safetensors").is_file()
-        && dir.join("botchan_eval.txt").is_file();
-    if ok {
-        return Some(dir);
+    let complete = |dir: &Path| {
+        [
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "all-MiniLM-L6-v2/model.safetensors",
+        ]
+        .iter()
+        .chain(&["botchan.txt", "botchan_calib.txt", "botchan_eval.txt"])
+        .all(|f| dir.join(f).is_file())
+    };
+    let candidates: Vec<PathBuf> = match std::env::var_os("TERSOR_ASSETS") {
+        Some(d) => vec![PathBuf::from(d)],
+        None => [
+            Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/assets")),
+            tersor_assets::assets_dir().ok(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    };
+    if let Some(dir) = candidates.iter().find(|d| complete(d)) {
+        return Some(dir.clone());
     }
     if std::env::var("TERSOR_SKIP_ASSET_TESTS").as_deref() == Ok("1") {
-        eprintln!(
-            "skipping: assets not found at {} (TERSOR_SKIP_ASSET_TESTS=1)",
-            dir.display()
-        );
+        eprintln!("skipping: assets not found in {candidates:?} (TERSOR_SKIP_ASSET_TESTS=1)");
         return None;
     }
     panic!(
-        "test assets not found at {}: fetch them (`tersor fetch`) or set TERSOR_ASSETS \
-         to the asset folder; set TERSOR_SKIP_ASSET_TESTS=1 to skip these tests",
-        dir.display()
+        "test assets not found in {candidates:?}: fetch them with `tersor fetch` or set \
+         TERSOR_ASSETS to the asset folder; set TERSOR_SKIP_ASSET_TESTS=1 to skip these tests"
     );
 }
 
