@@ -5,7 +5,8 @@ Usage, from the repository root:
 
     LIBGGML=/path/to/llama.cpp/build/bin/libggml-base.so python3 tools/ggml_fixtures/gen.py
 
-Writes crates/ggml/tests/fixtures/:
+Writes crates/ggml/tests/fixtures/ (all but weighted/, which
+gen_weighted.py writes):
 
   manifest.tsv          one line per (case, type): what each file holds and
                         which implementation produced it
@@ -356,7 +357,10 @@ def main() -> None:
     specials = float_specials(rng)
 
     if OUT.exists():
-        shutil.rmtree(OUT)
+        # weighted/ belongs to gen_weighted.py: keep it.
+        for p in OUT.iterdir():
+            if p.name != "weighted":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
     (OUT / "inputs").mkdir(parents=True)
     manifest = ["# case\ttype\tn_elements\tencoded_by\tdecoded_by"]
 

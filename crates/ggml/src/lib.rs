@@ -36,6 +36,12 @@
 //! * [`is_legal`], [`fallback_type`], [`llama_fallback_type`]: whether a row
 //!   length fits a type, and llama.cpp's `llama-quant.cpp` substitutions when
 //!   it does not.
+//! * [`quantize_weighted`], [`quantize_weighted_par`] (`quant_weighted.rs`):
+//!   `ggml_quantize_chunk` with an importance matrix (the
+//!   `quantize_row_*_impl` searches), bit-exact, for the [`WEIGHTED_TYPES`].
+//! * [`BlockGrid`] (`grid.rs`): one block with its scales fixed by
+//!   llama.cpp's quantizer and a code per element, for solvers (GPTQ) that
+//!   choose the codes themselves: nearest code, exact decoded values, bytes.
 //!
 //! Errors are [`CodecError`]s (wrong lengths, partial blocks, unsupported
 //! types, non-finite input to a quantizer); nothing panics on bad input.
@@ -52,7 +58,10 @@
 //!   Q8_0, and llama.cpp's `ggml_quantize_chunk` (`quantize_row_q8_K_ref` for
 //!   Q8_K), called through ctypes, for every type;
 //! * the default model: per-tensor SHA-256 of gguf-py's f32 dequantization
-//!   of every tensor of `SmolLM2-135M-Instruct.Q4_1.gguf`.
+//!   of every tensor of `SmolLM2-135M-Instruct.Q4_1.gguf`;
+//! * weighted encoding (`tests/weighted.rs`): `ggml_quantize_chunk` with and
+//!   without an importance matrix, written by `tools/ggml_fixtures/gen_weighted.py`
+//!   into `tests/fixtures/weighted/`.
 //!
 //! They are regenerated from the repository root with
 //!
@@ -72,8 +81,10 @@ mod codec;
 mod dequant;
 mod error;
 pub mod fp;
+mod grid;
 mod legal;
 mod quant;
+mod quant_weighted;
 mod types;
 
 pub use codec::{
@@ -81,5 +92,7 @@ pub use codec::{
     quantize, quantize_into, quantize_par,
 };
 pub use error::CodecError;
+pub use grid::BlockGrid;
 pub use legal::{fallback_type, is_legal, llama_fallback_type};
+pub use quant_weighted::{quantize_weighted, quantize_weighted_par, WEIGHTED_TYPES};
 pub use types::{GgmlType, UnknownType};

@@ -18,7 +18,7 @@ use crate::fp::{fp16_to_fp32, fp32_to_fp16};
 
 /// `GROUP_MAX_EPS` (ggml-quants.c): groups whose largest magnitude is below
 /// this are treated as all zero.
-const GROUP_MAX_EPS: f32 = 1e-15;
+pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// `nearest_int` (ggml-quants.c): round to nearest, ties to even, by adding
 /// 1.5·2^23 and reading the mantissa. Valid for |x| <= 2^22 (llama.cpp only
@@ -179,7 +179,7 @@ pub(crate) fn q8_0(x: &[f32]) -> BlockQ8_0 {
 
 /// The IQ4_NL code book as f32 (C compares the float against the promoted
 /// `int8_t`, which is exact).
-const KVALUES_F32: [f32; 16] = {
+pub(crate) const KVALUES_F32: [f32; 16] = {
     let mut v = [0f32; 16];
     let mut i = 0;
     while i < 16 {
@@ -197,7 +197,7 @@ const KVALUES_F32: [f32; 16] = {
 /// counted here instead (same result, and it vectorizes). A NaN `x` fails
 /// every comparison in the C bisection and ends at 15, as here.
 #[inline]
-fn best_index_int8(x: f32) -> u8 {
+pub(crate) fn best_index_int8(x: f32) -> u8 {
     let val = &KVALUES_F32;
     if x <= val[0] {
         return 0;
@@ -400,7 +400,7 @@ fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
 /// each refit by weighted least squares. Returns `(scale, min)` with `min`
 /// the positive offset that is subtracted (llama.cpp's `*the_min`).
 #[allow(clippy::too_many_arguments)]
-fn make_qkx2_quants(
+pub(crate) fn make_qkx2_quants(
     nmax: i32,
     x: &[f32],
     weights: &[f32],
@@ -485,7 +485,7 @@ fn make_qkx2_quants(
 
 /// Packs 256 2-bit values as Q2_K/Q3_K do: byte `j/4 + l` of each 128-half
 /// holds elements `l, l+32, l+64, l+96` in bits 0-1, 2-3, 4-5, 6-7.
-fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
+pub(crate) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
     for j in (0..QK_K).step_by(128) {
         for k in 0..32 {
             qs[j / 4 + k] =
@@ -639,7 +639,7 @@ pub(crate) fn q3_k(x: &[f32]) -> BlockQ3K {
 
 /// Packs Q4_K/Q5_K 6-bit scales `ls` and mins `lm` (`j` in 0..8) into the 12
 /// `scales` bytes, the inverse of [`get_scale_min_k4`].
-fn pack_scale_min_k4(j: usize, ls: u8, lm: u8, s: &mut [u8; K_SCALE_SIZE]) {
+pub(crate) fn pack_scale_min_k4(j: usize, ls: u8, lm: u8, s: &mut [u8; K_SCALE_SIZE]) {
     if j < 4 {
         s[j] = ls;
         s[j + 4] = lm;
