@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod cmd_eval;
 mod cmd_fetch;
 mod cmd_inspect;
+mod cmd_quantize;
 
 /// tersor: compress neural networks (GGUF / safetensors) and measure what
 /// the compression costs in quality.
@@ -34,6 +35,9 @@ enum Command {
     Inspect(cmd_inspect::InspectArgs),
     /// Evaluate a model's quality (perplexity, ...) on the default texts.
     Eval(cmd_eval::EvalArgs),
+    /// Quantize a model to llama.cpp's types (GGUF) or the GPTQ format (RTN,
+    /// imatrix, GPTQ, AWQ).
+    Quantize(cmd_quantize::QuantizeArgs),
 }
 
 /// Sizes the thread pools before anything can start them: rayon's global
@@ -56,6 +60,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fetch(args) => cmd_fetch::run(args),
         Command::Inspect(args) => cmd_inspect::run(args),
         Command::Eval(args) => cmd_eval::run(args),
+        Command::Quantize(args) => cmd_quantize::run(args),
     }
 }
 

@@ -194,3 +194,48 @@ fn rope_scaling(cfg: &Config) -> Result<RopeScaling> {
         }
     })
 }
+
+/// The GPTQ `quantization_config` of the `config.json` next to the weights at `path`
+/// (a directory, or a file / index inside one), with the path of that `config.json`.
+/// `None` when there is no `config.json` or it declares no quantization; an error for
+/// another quantization method or an invalid GPTQ configuration.
+pub(crate) fn gptq_config(
+    path: &Path,
+) -> Result<Option<(tersor_gptq::QuantizationConfig, std::path::PathBuf)>> {
+    let dir = if path.is_dir() {
+        path
+    } else {
+        match path.parent() {
+            Some(p) => p,
+            None => return Ok(None),
+        }
+    };
+    let cfg_path = dir.join("config.json");
+    if !cfg_path.is_file() {
+        return Ok(None);
+    }
+    let json = read_json(&cfg_path)?;
+    let Some(q) = json.get("quantization_config").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let method = q
+        .get("quant_method")
+        .or_else(|| q.get("method"))
+        .and_then(Value::as_str)
+        .unwrap_or("gptq");
+    if !method.eq_ignore_ascii_case("gptq") {
+        return Err(Error::format(
+            &cfg_path,
+            format!("quantization method `{method}` is not supported (only gptq)"),
+        ));
+    }
+    // Parsed from the text: `dynamic` rules apply in file order, which a JSON value
+    // (sorted keys) would lose.
+    let text = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    let cfg = tersor_gptq::QuantizationConfig::from_hf_config_str(&text)
+        .map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+    Ok(cfg.map(|c| (c, cfg_path)))
+}

@@ -686,6 +686,45 @@ impl Llama {
         Ok(())
     }
 
+    /// The weight `[hidden]` of a block's RMSNorm (`attn = true`: before attention,
+    /// else before the MLP).
+    pub fn norm_weight(&self, layer: usize, attn: bool) -> Result<&Tensor> {
+        let blk = self.blocks.get(layer).ok_or_else(|| {
+            Error::Invalid(format!(
+                "layer {layer} out of range ({} layers)",
+                self.blocks.len()
+            ))
+        })?;
+        Ok(if attn { &blk.attn_norm } else { &blk.ffn_norm })
+    }
+
+    /// Replace a block's RMSNorm weight (AWQ folds its per-channel scales into it).
+    pub fn set_norm_weight(&mut self, layer: usize, attn: bool, w: Tensor) -> Result<()> {
+        let n_layers = self.blocks.len();
+        let blk = self.blocks.get_mut(layer).ok_or_else(|| {
+            Error::Invalid(format!("layer {layer} out of range ({n_layers} layers)"))
+        })?;
+        let slot = if attn {
+            &mut blk.attn_norm
+        } else {
+            &mut blk.ffn_norm
+        };
+        if w.dims() != slot.dims() {
+            return Err(Error::Invalid(format!(
+                "set_norm_weight: layer {layer}: shape {:?}, expected {:?}",
+                w.dims(),
+                slot.dims()
+            )));
+        }
+        *slot = w.to_dtype(DType::F32)?.contiguous()?;
+        Ok(())
+    }
+
+    /// The final RMSNorm's weight `[hidden]`.
+    pub fn final_norm_weight(&self) -> &Tensor {
+        &self.norm
+    }
+
     /// The token embedding `[vocab, hidden]`.
     pub fn embedding(&self) -> &Tensor {
         &self.embed

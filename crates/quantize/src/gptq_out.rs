@@ -1,0 +1,244 @@
+//! GPTQ output: a Hugging Face directory (safetensors with `qweight` / `qzeros` /
+//! `scales` / `g_idx` per block linear, fp16 embeddings and norms, `config.json` with
+//! `quantization_config`, the tokenizer), written by tersor-gptq.
+//!
+//! From a GGUF input the q/k rows are put back in Hugging Face order (llama.cpp's
+//! converter interleaves them for its RoPE): a row permutation, which commutes with
+//! quantization because GPTQ groups run along rows.
+
+use std::path::Path;
+
+use serde_json::Value;
+use tersor_gguf::GgufFile;
+use tersor_gptq::{
+    hf_llama_config, tokenizer_files_from_gguf, FloatDtype, GptqWriter, LlamaHfConfig,
+    QuantizationConfig, QuantizedLinear,
+};
+use tersor_model::{LinearKind, Llama, RopeScaling, RopeStyle, TensorNaming, TextTokenizer};
+
+use crate::error::{QuantizeError, Result};
+use crate::layer::Payload;
+use crate::plan::Plan;
+use crate::spec::Target;
+use crate::{QuantizeOptions, Results, TensorSummary};
+
+/// HF row `src = h*hd + j*hd/2 + i` sits at GGUF row `h*hd + 2i + j`
+/// (convert_hf_to_gguf.py's `permute`). Returns, for each HF row, its GGUF row.
+fn hf_to_gguf_rows(rows: usize, n_heads: usize) -> Vec<usize> {
+    let hd = rows / n_heads;
+    let mut map = vec![0; rows];
+    for h in 0..n_heads {
+        for j in 0..2 {
+            for i in 0..hd / 2 {
+                map[h * hd + j * hd / 2 + i] = h * hd + 2 * i + j;
+            }
+        }
+    }
+    map
+}
+
+pub(crate) fn write(
+    opts: &QuantizeOptions,
+    _plan: &Plan,
+    model: &Llama,
+    _tokenizer: &TextTokenizer,
+    results: &Results,
+) -> Result<Vec<TensorSummary>> {
+    let Target::Gptq(spec) = opts.target else {
+        return Err(QuantizeError::Invariant(
+            "GPTQ writer for a GGUF target".into(),
+        ));
+    };
+    let c = model.config().clone();
+    let from_gguf = !opts.input.is_dir();
+    if from_gguf && c.rope_scaling != RopeScaling::None {
+        return Err(QuantizeError::Input {
+            path: opts.input.clone(),
+            msg: "GGUF inputs with RoPE scaling cannot be exported to a Hugging Face config yet"
+                .into(),
+        });
+    }
+    let qcfg = QuantizationConfig {
+        bits: spec.bits as u8,
+        group_size: spec.group_size.map_or(-1, |g| g as i64),
+        desc_act: spec.act_order,
+        sym: spec.sym,
+        true_sequential: false,
+        damp_percent: opts.gptq.damp_percent,
+        static_groups: false,
+        dynamic: Vec::new(),
+        meta: Some(
+            serde_json::json!({ "quantizer": [format!("tersor:{}", env!("CARGO_PKG_VERSION"))], "method": opts.method.to_string() }),
+        ),
+    };
+    let mut w = GptqWriter::new(qcfg)?;
+    let mut summary = Vec::new();
+    let hf = TensorNaming::HuggingFace;
+    let f32_of =
+        |t: &candle_core::Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+
+    let mut float = |w: &mut GptqWriter, name: &str, shape: &[usize], data: &[f32]| -> Result<()> {
+        w.add_tensor(name, shape, data, FloatDtype::F16)?;
+        summary.push(TensorSummary {
+            name: name.to_string(),
+            format: "F16".into(),
+            params: data.len() as u64,
+            bytes: data.len() as u64 * 2,
+            fallback_from: None,
+        });
+        Ok(())
+    };
+    let (vocab, d) = model.embedding().dims2()?;
+    float(&mut w, hf.embed(), &[vocab, d], &f32_of(model.embedding())?)?;
+    float(&mut w, hf.final_norm(), &[d], &f32_of(&norm_of(model)?)?)?;
+    if !c.tie_embeddings {
+        float(
+            &mut w,
+            hf.lm_head(),
+            &[vocab, d],
+            &f32_of(model.output_weight())?,
+        )?;
+    }
+    let mut linears = Vec::new();
+    for l in 0..model.n_layers() {
+        float(
+            &mut w,
+            &hf.attn_norm(l),
+            &[d],
+            &f32_of(model.norm_weight(l, true)?)?,
+        )?;
+        float(
+            &mut w,
+            &hf.ffn_norm(l),
+            &[d],
+            &f32_of(model.norm_weight(l, false)?)?,
+        )?;
+        for kind in LinearKind::ALL {
+            let out = results.linears.get(&(l, kind)).ok_or_else(|| {
+                QuantizeError::Invariant(format!("block {l} {kind} was not quantized"))
+            })?;
+            let Payload::Gptq {
+                bits,
+                group_size,
+                codes,
+                scales,
+                zeros,
+                g_idx,
+                ..
+            } = &out.payload
+            else {
+                return Err(QuantizeError::Invariant(format!(
+                    "block {l} {kind}: not GPTQ data"
+                )));
+            };
+            let (rows, cols) = model.linear_weight(l, kind)?.dims2()?;
+            let n_groups = cols.div_ceil(*group_size);
+            // Rows in HF order.
+            let row_map: Vec<usize> =
+                match (from_gguf && c.rope_style == RopeStyle::Interleaved, kind) {
+                    (true, LinearKind::Q) => hf_to_gguf_rows(rows, c.n_heads),
+                    (true, LinearKind::K) => hf_to_gguf_rows(rows, c.n_kv_heads),
+                    _ => (0..rows).collect(),
+                };
+            let mut q = QuantizedLinear {
+                bits: *bits as u8,
+                out_features: rows,
+                in_features: cols,
+                codes: Vec::with_capacity(rows * cols),
+                scales: vec![half::f16::ZERO; n_groups * rows],
+                zeros: vec![0; n_groups * rows],
+                g_idx: g_idx.clone(),
+            };
+            for (hf_row, &src) in row_map.iter().enumerate() {
+                q.codes
+                    .extend_from_slice(&codes[src * cols..(src + 1) * cols]);
+                for g in 0..n_groups {
+                    // Solver groups are [row][group]; the checkpoint's are [group][row].
+                    q.scales[g * rows + hf_row] = scales[src * n_groups + g];
+                    q.zeros[g * rows + hf_row] = zeros[src * n_groups + g];
+                }
+            }
+            let module = hf.linear(l, kind, "weight");
+            let module = module.strip_suffix(".weight").expect("weight name");
+            w.add_quantized(module, &q)?;
+            // qweight + qzeros + fp16 scales + int32 g_idx.
+            let b = *bits as usize;
+            let packed_bytes = (cols * rows * b + n_groups * rows * (b + 16)) / 8 + cols * 4;
+            linears.push(TensorSummary {
+                name: format!("{module}.weight"),
+                format: format!("gptq:{bits}:g{group_size}"),
+                params: (rows * cols) as u64,
+                bytes: packed_bytes as u64,
+                fallback_from: None,
+            });
+        }
+    }
+    summary.extend(linears);
+
+    let hf_config = if from_gguf {
+        let gguf = GgufFile::open(&opts.input)?;
+        tokenizer_files_from_gguf(&gguf)?.add_to(&mut w)?;
+        let ctx = gguf
+            .get_u64(&format!("{}.context_length", c.arch))
+            .unwrap_or(2048) as usize;
+        let get_id = |k: &str| gguf.get_u64(k).map(|v| v as u32);
+        hf_llama_config(&LlamaHfConfig {
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_hidden_layers: c.n_layers,
+            num_attention_heads: c.n_heads,
+            num_key_value_heads: c.n_kv_heads,
+            head_dim: Some(c.head_dim),
+            rms_norm_eps: c.rms_norm_eps,
+            rope_theta: c.rope_theta,
+            vocab_size: c.vocab_size,
+            max_position_embeddings: ctx,
+            tie_word_embeddings: c.tie_embeddings,
+            bos_token_id: get_id("tokenizer.ggml.bos_token_id"),
+            eos_token_id: get_id("tokenizer.ggml.eos_token_id"),
+        })?
+    } else {
+        copy_tokenizer_files(&opts.input, &mut w)?;
+        let p = opts.input.join("config.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| QuantizeError::Io {
+            path: p.clone(),
+            source: e,
+        })?;
+        let mut v: Value = serde_json::from_str(&text).map_err(|e| QuantizeError::Input {
+            path: p.clone(),
+            msg: format!("bad JSON: {e}"),
+        })?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("quantization_config");
+            o.insert("torch_dtype".into(), "float16".into());
+        }
+        v
+    };
+    w.write(&opts.output, &hf_config)?;
+    Ok(summary)
+}
+
+/// The final norm (not exposed by name on `Llama`; read through the head's weights).
+fn norm_of(model: &Llama) -> Result<candle_core::Tensor> {
+    Ok(model.final_norm_weight().clone())
+}
+
+fn copy_tokenizer_files(dir: &Path, w: &mut GptqWriter) -> Result<()> {
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+        "tokenizer.model",
+        "vocab.json",
+        "merges.txt",
+    ] {
+        let p = dir.join(name);
+        if p.is_file() {
+            if let Ok(text) = std::fs::read_to_string(&p) {
+                w.add_file(name, text)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! End-to-end runs of the quantization job on tiny synthetic Llamas: every ggml type
+//! cross-checked against the `gguf` Python package, GPTQ against RTN, bad inputs.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tersor_ggml::GgmlType;
+use tersor_gguf::GgufFile;
+use tersor_quantize::{run, CalibConfig, Event, MethodSpec, QuantizeOptions, Target};
+use tersor_testkit::{TempDir, TinyLlama};
+
+const TYPES: [GgmlType; 11] = [
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::IQ4NL,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+/// English text long enough for a few byte-level windows.
+fn calib_text(dir: &Path) -> PathBuf {
+    let p = dir.join("calib.txt");
+    let para = "It was a bright cold day in April, and the clocks were striking thirteen. \
+                Winston Smith, his chin nuzzled into his breast in an effort to escape the vile wind, \
+                slipped quickly through the glass doors of Victory Mansions. ";
+    std::fs::write(&p, para.repeat(12)).unwrap();
+    p
+}
+
+fn options(
+    input: &Path,
+    output: &Path,
+    target: &str,
+    method: &str,
+    calib: &Path,
+) -> QuantizeOptions {
+    options_for(input, output, target.parse().unwrap(), method, calib)
+}
+
+fn options_for(
+    input: &Path,
+    output: &Path,
+    target: Target,
+    method: &str,
+    calib: &Path,
+) -> QuantizeOptions {
+    let mut o = QuantizeOptions::new(
+        input.to_path_buf(),
+        output.to_path_buf(),
+        target,
+        method.parse::<MethodSpec>().unwrap(),
+        CalibConfig {
+            path: calib.to_path_buf(),
+            max_tokens: 1024,
+            ctx: 128,
+        },
+    );
+    o.awq_rows = 256;
+    o
+}
+
+fn quiet(_: Event) {}
+
+/// sha256 of every tensor's f32 values as decoded by tersor.
+fn tersor_hashes(path: &Path) -> Vec<(String, String)> {
+    let f = GgufFile::open(path).unwrap();
+    f.tensors()
+        .iter()
+        .map(|t| {
+            let v = tersor_ggml::dequantize_to_vec(t.ty, f.tensor_data(t), t.n_elements() as usize)
+                .unwrap();
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (t.name.clone(), hex(&Sha256::digest(&bytes)))
+        })
+        .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The same hashes as computed by gguf-py's reader and dequantizer.
+fn gguf_py_hashes(path: &Path) -> Vec<(String, String)> {
+    let script = r#"
+import sys, hashlib, numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+r = GGUFReader(sys.argv[1])
+for t in r.tensors:
+    v = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+    print(t.name, hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest())
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            (a.to_string(), b.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn every_ggml_type_decodes_identically_in_gguf_py() {
+    let dir = TempDir::new("quantize-types");
+    let input = dir.path().join("tiny.gguf");
+    TinyLlama::default().write_gguf(&input);
+    let calib = calib_text(dir.path());
+    let py = tersor_testkit::python_has(&["gguf", "numpy"]);
+    for ty in TYPES {
+        for method in ["rtn", "gptq"] {
+            let out = dir.path().join(format!("{}-{method}.gguf", ty.name()));
+            let o = options_for(&input, &out, Target::Uniform(ty), method, &calib);
+            let s = run(&o, &quiet).unwrap();
+            let f = GgufFile::open(&out).unwrap();
+            // Every block linear and the embedding got the type; norms stayed F32.
+            for t in f.tensors() {
+                let want = if t.name.ends_with("norm.weight") {
+                    GgmlType::F32
+                } else {
+                    ty
+                };
+                assert_eq!(t.ty, want, "{} in the {} file", t.name, ty.name());
+            }
+            assert_eq!(s.file_bytes, std::fs::metadata(&out).unwrap().len());
+            if py {
+                assert_eq!(
+                    tersor_hashes(&out),
+                    gguf_py_hashes(&out),
+                    "{} {method}",
+                    ty.name()
+                );
+            }
+        }
+    }
+}
+
+/// Output KL of a quantized tiny model against the original on the calibration text
+/// (mean over positions of KL(p_ref || p_q)), with tersor-eval.
+fn kl_to_reference(model: &Path, reference: &Path, text: &Path) -> f64 {
+    let load = |p: &Path| match tersor_model::load(p).unwrap() {
+        tersor_model::LoadedModel::Decoder { model, tokenizer } => (model, tokenizer),
+        _ => panic!(),
+    };
+    let (m, t) = load(model);
+    let (r, rt) = load(reference);
+    let text = std::fs::read_to_string(text).unwrap();
+    let cfg = tersor_eval::PerplexityConfig {
+        ctx: 128,
+        max_windows: Some(8),
+        scoring: tersor_eval::Scoring::Full,
+        batch: 4,
+    };
+    let rep = tersor_eval::perplexity(
+        tersor_eval::Lm {
+            model: &m,
+            tokenizer: &t,
+        },
+        Some(tersor_eval::Lm {
+            model: &r,
+            tokenizer: &rt,
+        }),
+        &text,
+        &cfg,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    rep.kl.unwrap().kld_mean
+}
+
+#[test]
+fn gptq_and_awq_lose_less_than_rtn() {
+    let dir = TempDir::new("quantize-gptq");
+    let input = dir.path().join("tiny.gguf");
+    TinyLlama::default().write_gguf(&input);
+    let calib = calib_text(dir.path());
+    for ty in ["Q3_K", "Q4_0"] {
+        let kl = |method: &str| {
+            let out = dir.path().join(format!("{ty}-{method}.gguf"));
+            run(&options(&input, &out, ty, method, &calib), &quiet).unwrap();
+            kl_to_reference(&out, &input, &calib)
+        };
+        let (rtn, gptq, awq) = (kl("rtn"), kl("gptq"), kl("awq+gptq"));
+        eprintln!("{ty}: KL rtn {rtn:.5}, gptq {gptq:.5}, awq+gptq {awq:.5}");
+        assert!(gptq < 0.8 * rtn, "{ty}: gptq {gptq} vs rtn {rtn}");
+        assert!(awq < rtn, "{ty}: awq+gptq {awq} vs rtn {rtn}");
+    }
+}
+
+#[test]
+fn bad_inputs_give_clear_errors_and_no_output() {
+    let dir = TempDir::new("quantize-bad");
+    let input = dir.path().join("tiny.gguf");
+    TinyLlama::default().write_gguf(&input);
+
+    // Calibration text shorter than one window.
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "too short").unwrap();
+    let out = dir.path().join("out.gguf");
+    let e = run(&options(&input, &out, "Q4_K", "gptq", &short), &quiet).unwrap_err();
+    let msg = chain(&e);
+    assert!(
+        msg.contains("short.txt") && msg.contains("fewer than one window"),
+        "{msg}"
+    );
+    assert!(!out.exists());
+
+    // A non-finite weight names the tensor.
+    let tiny = TinyLlama {
+        seed: 9,
+        ..TinyLlama::default()
+    };
+    let bad = dir.path().join("nan.gguf");
+    tiny.write_gguf(&bad);
+    poison(&bad, "blk.1.ffn_up.weight");
+    let calib = calib_text(dir.path());
+    let e = run(&options(&bad, &out, "Q4_K", "rtn", &calib), &quiet).unwrap_err();
+    let msg = chain(&e);
+    assert!(
+        msg.contains("blk.1.ffn_up.weight") && msg.contains("NaN"),
+        "{msg}"
+    );
+    assert!(!out.exists());
+
+    // Unknown targets and methods.
+    assert!("Q9_K"
+        .parse::<Target>()
+        .unwrap_err()
+        .to_string()
+        .contains("unknown --type"));
+    assert!("sgd".parse::<MethodSpec>().is_err());
+}
+
+#[test]
+fn forbidden_types_fall_back_as_llama_cpp_does() {
+    let dir = TempDir::new("quantize-fallback");
+    let input = dir.path().join("narrow.gguf");
+    // Rows of 96 values: no k-quant fits (256-blocks); llama.cpp falls back per type.
+    TinyLlama {
+        hidden: 96,
+        ffn: 256,
+        heads: 3,
+        kv_heads: 1,
+        ..TinyLlama::default()
+    }
+    .write_gguf(&input);
+    let calib = calib_text(dir.path());
+    let out = dir.path().join("q4k.gguf");
+    let s = run(&options(&input, &out, "Q4_K", "rtn", &calib), &quiet).unwrap();
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(f.tensor("blk.0.attn_q.weight").unwrap().ty, GgmlType::Q5_0);
+    // ffn_down's rows are 256 long: Q4_K fits there.
+    assert_eq!(f.tensor("blk.0.ffn_down.weight").unwrap().ty, GgmlType::Q4K);
+    assert!(
+        s.notes
+            .iter()
+            .any(|n| n.contains("cannot be q4_K") || n.contains("cannot be Q4_K")),
+        "{:?}",
+        s.notes
+    );
+}
+
+/// Overwrite the first value of `name` with NaN (an F32 tensor).
+fn poison(path: &Path, name: &str) {
+    let f = GgufFile::open(path).unwrap();
+    let t = f.tensor(name).unwrap();
+    let off = (f.data_offset() + t.offset) as usize;
+    drop(f);
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[off..off + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// An error and its causes, as the CLI prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
