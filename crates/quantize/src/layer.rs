@@ -149,8 +149,18 @@ pub fn quantize_linear(
                 }
                 Method::Gptq => {
                     let h = stats.xtx.ok_or_else(|| need("X^T X"))?;
+                    // A group must not start inside one lazy block and end in the next:
+                    // with group sizes that do not divide the block (e.g. 96), use blocks
+                    // of one group.
+                    let bs = cfg.block_size;
+                    let block_size = if bs % group_size == 0 || group_size % bs == 0 {
+                        bs
+                    } else {
+                        group_size
+                    };
                     let cfg = GptqConfig {
                         act_order,
+                        block_size,
                         ..cfg.clone()
                     };
                     let out = gptq(w, rows, cols, h, &grid, &cfg).map_err(layer_err)?;

@@ -298,3 +298,52 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// GPTQ-format outputs, from a GGUF and from a Hugging Face input: they load back
+/// (tersor-gptq's unpacking, checked against GPTQModel's reference in its own tests),
+/// with the q/k rows of a GGUF input put back in Hugging Face order (else the KL would
+/// explode), and GPTQ loses less than RTN.
+#[test]
+fn gptq_checkpoints_from_gguf_and_hf_inputs() {
+    let dir = TempDir::new("quantize-gptq-format");
+    let tiny = TinyLlama {
+        tied: false,
+        ..TinyLlama::default()
+    };
+    let gguf = dir.path().join("tiny.gguf");
+    tiny.write_gguf(&gguf);
+    let hf = dir.path().join("tiny-hf");
+    tiny.write_hf_dir(&hf);
+    let calib = calib_text(dir.path());
+    for (input, label) in [(&gguf, "gguf"), (&hf, "hf")] {
+        let mut kls = Vec::new();
+        for method in ["rtn", "gptq"] {
+            // g96 leaves a partial last group on rows of 256 (96 + 96 + 64).
+            let out = dir.path().join(format!("{label}-{method}"));
+            let s = run(
+                &options(input, &out, "gptq:3:g96:asym", method, &calib),
+                &quiet,
+            )
+            .unwrap();
+            assert!(out.join("config.json").is_file() && out.join("tokenizer.json").is_file());
+            let cfg: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                    .unwrap();
+            let q = &cfg["quantization_config"];
+            assert_eq!(
+                (q["bits"].as_u64(), q["group_size"].as_i64()),
+                (Some(3), Some(96))
+            );
+            assert_eq!(q["sym"], serde_json::json!(false));
+            // 3 bits + per-group fp16 scale and packed zero per 96 weights, + g_idx.
+            assert!(s.bpw_linear > 3.0 && s.bpw_linear < 3.6, "{}", s.bpw_linear);
+            kls.push(kl_to_reference(&out, input, &calib));
+        }
+        eprintln!(
+            "{label}: 3-bit g96 KL rtn {:.5}, gptq {:.5}",
+            kls[0], kls[1]
+        );
+        assert!(kls[1] < 0.8 * kls[0], "{label}: {kls:?}");
+        assert!(kls[0] > 0.0);
+    }
+}

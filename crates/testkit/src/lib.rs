@@ -264,6 +264,95 @@ impl TinyLlama {
     }
 }
 
+impl TinyLlama {
+    /// Write the model as a Hugging Face directory: `config.json`, f32
+    /// `model.safetensors` (HF names; q/k rows as generated, so the HF runtime's
+    /// half-split RoPE applies to them) and a byte-level `tokenizer.json`.
+    pub fn write_hf_dir(&self, dir: &Path) {
+        std::fs::create_dir_all(dir).expect("create HF dir");
+        let config = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_act": "silu",
+            "vocab_size": Self::VOCAB,
+            "hidden_size": self.hidden,
+            "intermediate_size": self.ffn,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "max_position_embeddings": 256,
+            "tie_word_embeddings": self.tied,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "torch_dtype": "float32"
+        });
+        std::fs::write(dir.join("config.json"), config.to_string()).expect("write config");
+        let tensors = self.tensors();
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|t| t.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
+        let list: Vec<(String, tersor_safetensors::Dtype, Vec<usize>, &[u8])> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|(t, b)| {
+                let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+                (
+                    hf_name(&t.name),
+                    tersor_safetensors::Dtype::F32,
+                    shape,
+                    b.as_slice(),
+                )
+            })
+            .collect();
+        tersor_safetensors::write_safetensors(&dir.join("model.safetensors"), &list, None)
+            .expect("write safetensors");
+        let vocab: tokenizers::models::bpe::Vocab = byte_tokens()
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, i as u32))
+            .collect();
+        let bpe = tokenizers::models::bpe::BPE::builder()
+            .vocab_and_merges(vocab, vec![])
+            .build()
+            .expect("byte BPE");
+        let mut tok = tokenizers::Tokenizer::new(bpe);
+        tok.with_pre_tokenizer(Some(
+            tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true),
+        ));
+        tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+        tok.save(dir.join("tokenizer.json"), false)
+            .expect("write tokenizer.json");
+    }
+}
+
+/// The Hugging Face name of a GGUF Llama tensor name.
+pub fn hf_name(gguf: &str) -> String {
+    match gguf {
+        "token_embd.weight" => return "model.embed_tokens.weight".into(),
+        "output_norm.weight" => return "model.norm.weight".into(),
+        "output.weight" => return "lm_head.weight".into(),
+        _ => {}
+    }
+    let rest = gguf.strip_prefix("blk.").expect("a block tensor");
+    let (layer, part) = rest.split_once('.').expect("blk.N.x");
+    let part = match part {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        other => panic!("unexpected tensor {other}"),
+    };
+    format!("model.layers.{layer}.{part}")
+}
+
 /// GPT-2's byte-level alphabet as 256 token strings (ids in sorted character order).
 pub fn byte_tokens() -> Vec<String> {
     let mut chars: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
