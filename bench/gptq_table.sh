@@ -37,7 +37,7 @@ calib_text="$(path_of botchan_calib)"
 
 now() { date +%s.%N; }
 ref_ppl="$("$tersor" --threads "$threads" eval "$lm" --text "$eval_text" --ctx 512 --chunks "$chunks" -q --json \
-    | python3 -c 'import json,sys; print(f"{json.load(sys.stdin)[\"perplexity\"][\"perplexity\"]:.3f}")')"
+    | python3 -c 'import json, sys; print("%.3f" % json.load(sys.stdin)["perplexity"]["perplexity"])')"
 write_table() {
     {
         echo "# GPTQ-format quantization of the default LM: RTN vs GPTQ vs AWQ+GPTQ"
@@ -64,9 +64,13 @@ for spec in $specs; do
             rows+=("$(cat "$out.c$chunks.row")"); write_table; continue
         fi
         t0="$(now)"
-        "$tersor" --threads "$threads" quantize "$lm" --type "$spec" --method "$m" --calib "$calib_text" \
-            --calib-tokens "$calib_tokens" -o "$out" -q --json > "$out_dir/$tag.quantize.json"
-        t1="$(now)"
+        # A finished checkpoint (same spec and method) is not quantized again.
+        if [[ ! -s "$out/config.json" || ! -s "$out_dir/$tag.quantize.json" ]]; then
+            "$tersor" --threads "$threads" quantize "$lm" --type "$spec" --method "$m" --calib "$calib_text" \
+                --calib-tokens "$calib_tokens" -o "$out" -q --json > "$out_dir/$tag.quantize.json"
+            python3 -c "print($(now) - $t0)" > "$out_dir/$tag.quantize.secs"
+        fi
+        t1="$(python3 -c "print($t0 + float(open('$out_dir/$tag.quantize.secs').read()))")"
         "$tersor" --threads "$threads" eval "$out" --ref "$lm" --text "$eval_text" --ctx 512 --chunks "$chunks" \
             -q --json > "$out_dir/$tag.eval.json"
         row="$(python3 - "$out_dir/$tag.quantize.json" "$out_dir/$tag.eval.json" "$spec" "$m" "$t0" "$t1" <<'EOF'
