@@ -1,103 +1,14 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
-
-use std::path::{Path, PathBuf};
+#![allow(dead_code, unused_imports)]
 
 use half::f16;
 use tersor_gptq::QuantizedLinear;
 
-/// The folder holding the default assets: `$TERSOR_ASSETS`, else the shared
-/// `<repo>/../shared/assets`, else tersor's asset cache. `None` (test skipped) only
-/// when `TERSOR_SKIP_ASSET_TESTS=1`; otherwise missing assets fail the test.
-pub fn assets() -> Option<PathBuf> {
-    let complete = |dir: &Path| {
-        ["SmolLM2-135M-Instruct.Q4_1.gguf", "botchan_eval.txt"]
-            .iter()
-            .all(|f| dir.join(f).is_file())
-    };
-    let candidates: Vec<PathBuf> = match std::env::var_os("TERSOR_ASSETS") {
-        Some(d) => vec![PathBuf::from(d)],
-        None => [
-            Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/assets")),
-            tersor_assets::assets_dir().ok(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
-    };
-    if let Some(dir) = candidates.iter().find(|d| complete(d)) {
-        return Some(dir.clone());
-    }
-    if std::env::var("TERSOR_SKIP_ASSET_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipping: assets not found in {candidates:?} (TERSOR_SKIP_ASSET_TESTS=1)");
-        return None;
-    }
-    panic!(
-        "test assets not found in {candidates:?}: fetch them with `tersor fetch` or set \
-         TERSOR_ASSETS to the asset folder; set TERSOR_SKIP_ASSET_TESTS=1 to skip these tests"
-    );
-}
+pub use tersor_testkit::{assets, Rng, DEFAULT_GGUF};
 
-/// The default decoder.
-pub const DEFAULT_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// Whether `python3` with numpy can be run. Missing is a failure when `CI` is set,
-/// otherwise a notice.
+/// Whether `python3` with numpy can be run (a failure under CI, else a notice).
 pub fn python_numpy_available() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import numpy"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("python3 with numpy is required in CI (pip install numpy)");
-        }
-        eprintln!("notice: python3 with numpy not found; skipping the GPTQ reference check");
-    }
-    ok
-}
-
-/// A small deterministic generator (SplitMix64).
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// `n` values uniform in [-scale, scale).
-    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| (2.0 * self.unit() - 1.0) * scale).collect()
-    }
-
-    /// A random permutation of `0..n` (Fisher-Yates).
-    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
-        let mut p: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            p.swap(i, j);
-        }
-        p
-    }
+    tersor_testkit::python_has(&["numpy"])
 }
 
 /// How to lay out the groups of a random layer.
