@@ -4,7 +4,8 @@
 #
 #   bench/gptq_table.sh
 #
-# Each configuration (SPECS, default "gptq:4:g128 gptq:3:g128 gptq:3:g64 gptq:2:g64")
+# Each configuration (SPECS, default "gptq:4:g128 gptq:3:g128 gptq:3:g64 gptq:2:g64
+# gptq:2:g64:asym"; GPTQModel's default is symmetric, the GPTQ paper's min-max grid asymmetric)
 # is quantized by `tersor quantize` with each method (METHODS, default
 # "rtn gptq awq+gptq") to a GPTQ checkpoint directory, then scored by `tersor eval`
 # against the f32 reference (the default LM dequantized): perplexity and mean KL
@@ -19,7 +20,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 out_dir="$root/bench/out/gptq_table"
 result="$root/bench/results/gptq_table.md"
-specs="${SPECS:-gptq:4:g128 gptq:3:g128 gptq:3:g64 gptq:2:g64}"
+specs="${SPECS:-gptq:4:g128 gptq:3:g128 gptq:3:g64 gptq:2:g64 gptq:2:g64:asym}"
 methods="${METHODS:-rtn gptq awq+gptq}"
 threads="${THREADS:-2}"
 calib_tokens="${CALIB_TOKENS:-16384}"
