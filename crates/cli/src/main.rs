@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod cmd_compress;
 mod cmd_eval;
 mod cmd_fetch;
 mod cmd_inspect;
@@ -38,6 +39,10 @@ enum Command {
     /// Quantize a model to llama.cpp's types (GGUF) or the GPTQ format (RTN,
     /// imatrix, GPTQ, AWQ).
     Quantize(cmd_quantize::QuantizeArgs),
+    /// Find the per-tensor compression that loses the least at a size budget
+    /// (EvoPress over a level database), beside uniform, heuristic, DP and random
+    /// baselines; with no arguments, the default LM to a 5.25 bpw GGUF.
+    Compress(cmd_compress::CompressArgs),
 }
 
 /// Sizes the thread pools before anything can start them: rayon's global
@@ -61,6 +66,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(args) => cmd_inspect::run(args),
         Command::Eval(args) => cmd_eval::run(args),
         Command::Quantize(args) => cmd_quantize::run(args),
+        Command::Compress(args) => cmd_compress::run(Box::new(args)),
     }
 }
 

@@ -337,3 +337,39 @@ fn fetch_reports_verified_paths() {
     let text = ok(&["fetch"]);
     assert!(text.contains(s(&default_lm())), "{text}");
 }
+
+#[test]
+fn compress_rejects_bad_budgets_and_options_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.gguf");
+    // 1 bit per weight is below what any combination of the default levels reaches.
+    let o = tersor(&["compress", "--target-bpw", "1.0", "-o", s(&out), "-q"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("no allocation meets the budget") && e.contains("bpw"),
+        "{e}"
+    );
+    // The range it names is exact: at its top every tensor is Q8_0, the file
+    // llama-quantize writes for Q8_0 (144,811,072 bytes in ../shared/REFERENCE.md).
+    assert!(e.contains("..=144811072 bytes"), "{e}");
+    assert!(!out.exists());
+    assert!(
+        !dir.path().join("x.gguf.levels").exists(),
+        "no database for a bad budget"
+    );
+
+    let o = tersor(&["compress", "--format", "onnx", "-o", s(&out)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--format onnx"), "{}", stderr(&o));
+    let o = tersor(&["compress", "--target-size", "lots", "-o", s(&out)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--target-size lots"), "{}", stderr(&o));
+    let o = tersor(&["compress", "--levels", "Q4_0,gptq:3:g64", "-o", s(&out)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("gptq:3:g64 cannot be written to a gguf output"),
+        "{}",
+        stderr(&o)
+    );
+}

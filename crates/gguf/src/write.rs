@@ -148,6 +148,12 @@ impl GgufWriter {
         Ok(())
     }
 
+    /// Bytes of the file `write` produces: the header padded to the alignment plus
+    /// the data section. Tensor types do not change the header's length.
+    pub fn file_size(&self) -> u64 {
+        self.header_bytes().len() as u64 + self.data_size()
+    }
+
     /// Total bytes of the data section (each tensor padded to the alignment).
     pub fn data_size(&self) -> u64 {
         self.tensors.last().map_or(0, |t| {

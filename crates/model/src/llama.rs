@@ -634,12 +634,8 @@ impl Llama {
 
     /// Final RMSNorm and output projection: `[B, T, hidden]` → `[B, T, vocab]`.
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        let (b, t, d) = hidden.dims3()?;
-        let x = rms_norm(
-            &hidden.reshape((b * t, d))?,
-            &self.norm,
-            self.config.rms_norm_eps,
-        )?;
+        let (b, t, _) = hidden.dims3()?;
+        let x = self.head_input(hidden)?;
         let logits = x.matmul(&self.lm_head.t()?)?;
         Ok(logits.reshape((b, t, self.config.vocab_size))?)
     }
@@ -733,6 +729,52 @@ impl Llama {
     /// The output projection `[vocab, hidden]` (the embedding when tied).
     pub fn output_weight(&self) -> &Tensor {
         &self.lm_head
+    }
+
+    /// Replace the token embedding `[vocab, hidden]`; with tied embeddings the output
+    /// projection changes with it, as it does in the file.
+    pub fn set_embedding(&mut self, w: Tensor) -> Result<()> {
+        if w.dims() != self.embed.dims() {
+            return Err(Error::Invalid(format!(
+                "set_embedding: shape {:?}, expected {:?}",
+                w.dims(),
+                self.embed.dims()
+            )));
+        }
+        self.embed = w.to_dtype(DType::F32)?.contiguous()?;
+        if self.config.tie_embeddings {
+            self.lm_head = self.embed.clone();
+        }
+        Ok(())
+    }
+
+    /// Replace the output projection of a model with untied embeddings.
+    pub fn set_output_weight(&mut self, w: Tensor) -> Result<()> {
+        if self.config.tie_embeddings {
+            return Err(Error::Invalid(
+                "set_output_weight: the output projection is the (tied) token embedding".into(),
+            ));
+        }
+        if w.dims() != self.lm_head.dims() {
+            return Err(Error::Invalid(format!(
+                "set_output_weight: shape {:?}, expected {:?}",
+                w.dims(),
+                self.lm_head.dims()
+            )));
+        }
+        self.lm_head = w.to_dtype(DType::F32)?.contiguous()?;
+        Ok(())
+    }
+
+    /// The input of the output projection: the final RMSNorm of `hidden`
+    /// (`[B, T, hidden]` → `[B*T, hidden]`).
+    pub fn head_input(&self, hidden: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = hidden.dims3()?;
+        rms_norm(
+            &hidden.reshape((b * t, d))?,
+            &self.norm,
+            self.config.rms_norm_eps,
+        )
     }
 
     /// Number of parameters (tied embeddings counted once).

@@ -37,6 +37,19 @@ fn hf_to_gguf_rows(rows: usize, n_heads: usize) -> Vec<usize> {
     map
 }
 
+/// What a GPTQ directory is written from, besides the model and its payloads.
+#[derive(Clone, Debug)]
+pub struct GptqDirSpec {
+    /// The input model (GGUF file or HF directory): config, tokenizer, row order.
+    pub input: std::path::PathBuf,
+    pub output: std::path::PathBuf,
+    /// The checkpoint's global setting; modules that differ get a `dynamic` rule.
+    pub base: crate::GptqSpec,
+    pub damp_percent: f64,
+    /// Recorded in `quantization_config.meta.method`.
+    pub method: String,
+}
+
 pub(crate) fn write(
     opts: &QuantizeOptions,
     _plan: &Plan,
@@ -49,14 +62,69 @@ pub(crate) fn write(
             "GPTQ writer for a GGUF target".into(),
         ));
     };
+    let dir = GptqDirSpec {
+        input: opts.input.clone(),
+        output: opts.output.clone(),
+        base: spec,
+        damp_percent: opts.gptq.damp_percent,
+        method: opts.method.to_string(),
+    };
+    write_gptq_dir(&dir, model, &|l, k| {
+        results.linears.get(&(l, k)).map(|o| &o.payload)
+    })
+}
+
+/// Write a GPTQ checkpoint directory: every block linear from `payload(layer, kind)`
+/// (GPTQ payloads; bits and group size may differ per module: those modules get
+/// GPTQModel `dynamic` overrides), fp16 embeddings and norms, config and tokenizer.
+pub fn write_gptq_dir<'p>(
+    dir: &GptqDirSpec,
+    model: &Llama,
+    payload: &dyn Fn(usize, LinearKind) -> Option<&'p Payload>,
+) -> Result<Vec<TensorSummary>> {
+    let spec = dir.base;
     let c = model.config().clone();
-    let from_gguf = !opts.input.is_dir();
+    let from_gguf = !dir.input.is_dir();
     if from_gguf && c.rope_scaling != RopeScaling::None {
         return Err(QuantizeError::Input {
-            path: opts.input.clone(),
+            path: dir.input.clone(),
             msg: "GGUF inputs with RoPE scaling cannot be exported to a Hugging Face config yet"
                 .into(),
         });
+    }
+    let hf = TensorNaming::HuggingFace;
+    let module_of = |l: usize, kind: LinearKind| {
+        let m = hf.linear(l, kind, "weight");
+        m.strip_suffix(".weight").expect("weight name").to_string()
+    };
+    // Modules whose format differs from the global one: an exact-name `dynamic` rule.
+    let mut dynamic = Vec::new();
+    for l in 0..model.n_layers() {
+        for kind in LinearKind::ALL {
+            let Some(Payload::Gptq {
+                bits,
+                group_size,
+                sym,
+                ..
+            }) = payload(l, kind)
+            else {
+                continue;
+            };
+            let (_, cols) = model.linear_weight(l, kind)?.dims2()?;
+            let base_gs = spec.group_size.unwrap_or(cols);
+            if *bits != spec.bits || *group_size != base_gs || *sym != spec.sym {
+                let pattern = format!("{}$", regex::escape(&module_of(l, kind)));
+                dynamic.push(tersor_gptq::DynamicRule::new(
+                    &pattern,
+                    tersor_gptq::DynamicAction::Override(tersor_gptq::DynamicOverride {
+                        bits: (*bits != spec.bits).then_some(*bits as u8),
+                        group_size: (*group_size != base_gs).then_some(*group_size as i64),
+                        sym: (*sym != spec.sym).then_some(*sym),
+                        desc_act: None,
+                    }),
+                )?);
+            }
+        }
     }
     let qcfg = QuantizationConfig {
         bits: spec.bits as u8,
@@ -64,16 +132,15 @@ pub(crate) fn write(
         desc_act: spec.act_order,
         sym: spec.sym,
         true_sequential: false,
-        damp_percent: opts.gptq.damp_percent,
+        damp_percent: dir.damp_percent,
         static_groups: false,
-        dynamic: Vec::new(),
+        dynamic,
         meta: Some(
-            serde_json::json!({ "quantizer": [format!("tersor:{}", env!("CARGO_PKG_VERSION"))], "method": opts.method.to_string() }),
+            serde_json::json!({ "quantizer": [format!("tersor:{}", env!("CARGO_PKG_VERSION"))], "method": dir.method }),
         ),
     };
     let mut w = GptqWriter::new(qcfg)?;
     let mut summary = Vec::new();
-    let hf = TensorNaming::HuggingFace;
     let f32_of =
         |t: &candle_core::Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
 
@@ -114,7 +181,7 @@ pub(crate) fn write(
             &f32_of(model.norm_weight(l, false)?)?,
         )?;
         for kind in LinearKind::ALL {
-            let out = results.linears.get(&(l, kind)).ok_or_else(|| {
+            let out = payload(l, kind).ok_or_else(|| {
                 QuantizeError::Invariant(format!("block {l} {kind} was not quantized"))
             })?;
             let Payload::Gptq {
@@ -125,7 +192,7 @@ pub(crate) fn write(
                 zeros,
                 g_idx,
                 ..
-            } = &out.payload
+            } = out
             else {
                 return Err(QuantizeError::Invariant(format!(
                     "block {l} {kind}: not GPTQ data"
@@ -158,9 +225,8 @@ pub(crate) fn write(
                     q.zeros[g * rows + hf_row] = zeros[src * n_groups + g];
                 }
             }
-            let module = hf.linear(l, kind, "weight");
-            let module = module.strip_suffix(".weight").expect("weight name");
-            w.add_quantized(module, &q)?;
+            let module = module_of(l, kind);
+            w.add_quantized(&module, &q)?;
             // qweight + qzeros + fp16 scales + int32 g_idx.
             let b = *bits as usize;
             let packed_bytes = (cols * rows * b + n_groups * rows * (b + 16)) / 8 + cols * 4;
@@ -176,7 +242,7 @@ pub(crate) fn write(
     summary.extend(linears);
 
     let hf_config = if from_gguf {
-        let gguf = GgufFile::open(&opts.input)?;
+        let gguf = GgufFile::open(&dir.input)?;
         tokenizer_files_from_gguf(&gguf)?.add_to(&mut w)?;
         let ctx = gguf
             .get_u64(&format!("{}.context_length", c.arch))
@@ -198,8 +264,8 @@ pub(crate) fn write(
             eos_token_id: get_id("tokenizer.ggml.eos_token_id"),
         })?
     } else {
-        copy_tokenizer_files(&opts.input, &mut w)?;
-        let p = opts.input.join("config.json");
+        copy_tokenizer_files(&dir.input, &mut w)?;
+        let p = dir.input.join("config.json");
         let text = std::fs::read_to_string(&p).map_err(|e| QuantizeError::Io {
             path: p.clone(),
             source: e,
@@ -214,7 +280,7 @@ pub(crate) fn write(
         }
         v
     };
-    w.write(&opts.output, &hf_config)?;
+    w.write(&dir.output, &hf_config)?;
     Ok(summary)
 }
 

@@ -43,6 +43,49 @@ pub enum Payload {
     },
 }
 
+impl Payload {
+    /// The values the payload decodes to (`[rows, cols]`), as the written file does:
+    /// llama.cpp's dequantization for ggml blocks, `scale * (q - zero)` in fp16 for
+    /// GPTQ codes (column `c` uses group `g_idx[c]`).
+    pub fn dequantize(&self, rows: usize, cols: usize) -> Result<Vec<f32>> {
+        match self {
+            Payload::Ggml { ty, bytes } => Ok(dequantize_to_vec(*ty, bytes, rows * cols)?),
+            Payload::Gptq {
+                group_size,
+                codes,
+                scales,
+                zeros,
+                g_idx,
+                ..
+            } => {
+                let n_groups = cols.div_ceil((*group_size).max(1));
+                if codes.len() != rows * cols
+                    || scales.len() != rows * n_groups
+                    || zeros.len() != rows * n_groups
+                    || g_idx.len() != cols
+                    || g_idx.iter().any(|&g| g as usize >= n_groups)
+                {
+                    return Err(QuantizeError::Invariant(format!(
+                        "GPTQ payload does not match a {rows}x{cols} matrix in groups of {group_size}"
+                    )));
+                }
+                let mut out = Vec::with_capacity(rows * cols);
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let g = r * n_groups + g_idx[c] as usize;
+                        let group = tersor_quant::gptq_grid::GptqGroup {
+                            scale: scales[g],
+                            zero: zeros[g],
+                        };
+                        out.push(GptqFormatGrid::decode(&group, codes[r * cols + c]));
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
 /// The result of quantizing one linear.
 #[derive(Clone, Debug)]
 pub struct LayerOut {

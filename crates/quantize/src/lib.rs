@@ -22,7 +22,7 @@ mod calib;
 mod collect;
 mod error;
 mod gguf_out;
-mod gptq_out;
+pub mod gptq_out;
 mod layer;
 mod plan;
 mod spec;
@@ -36,7 +36,7 @@ use tersor_model::{LinearKind, Llama, LoadedModel, TextTokenizer};
 use tersor_quant::gptq::GptqConfig;
 
 pub use calib::{CalibConfig, Calibration};
-pub use collect::{Site, SiteStats};
+pub use collect::{Collector, Site, SiteStats};
 pub use error::{QuantizeError, Result};
 pub use layer::{quantize_linear, LayerOut, LayerStats, LayerTarget, Payload};
 pub use plan::{Plan, PlannedTensor};

@@ -1,0 +1,495 @@
+//! Fitness of an assignment: the mean KL divergence of the compressed model's
+//! next-token distribution from the reference model's, on calibration windows.
+//!
+//! Costs are kept down three ways:
+//! - the reference's probabilities are computed once per window and kept;
+//! - every level's weights are decoded once and shared (candle tensors are
+//!   reference-counted, so assembling a candidate model copies no weights);
+//! - the hidden states of a *base* assignment (the current parent in the search,
+//!   the reference model for per-unit errors) are cached at every block input, and
+//!   a candidate is run only from the first block where it differs from the base.
+//!
+//! All positions of a window are scored (a search needs signal per token more
+//! than llama-perplexity's second-half protocol, which `eval` still uses).
+//!
+//! With `top_k`, only the reference's `k` most likely tokens per position are
+//! kept (plus the mass of the rest), bounding memory at `k` entries per position
+//! instead of the vocabulary: the fitness is then the KL divergence between the
+//! two distributions coarsened to those `k` tokens and one "other" bucket, a lower
+//! bound of the full KL that is exact when the models agree outside the top `k`.
+
+use std::sync::Mutex;
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use tersor_levels::LevelDb;
+use tersor_model::Llama;
+use tersor_search::{Assignment, Fitness, SearchError};
+
+use crate::units::{Unit, UnitRef};
+use crate::{CompressError, Result};
+
+/// A candidate: a level per unit, `None` for the reference weight.
+pub type Choice = Vec<Option<u16>>;
+
+struct Window {
+    tokens: Vec<u32>,
+    reference: RefDist,
+}
+
+/// The reference's next-token distributions of one window.
+enum RefDist {
+    /// Probabilities `[ctx, vocab]` and per position `Σ p log p`.
+    Dense { p: Vec<f32>, plogp: Vec<f64> },
+    /// Per position the `k` most likely tokens and their probabilities
+    /// (`[ctx, k]`), and `Σ p log p` over those buckets and the rest.
+    TopK {
+        k: usize,
+        idx: Vec<u32>,
+        p: Vec<f32>,
+        rest: Vec<f64>,
+        plogp: Vec<f64>,
+    },
+}
+
+struct Cache {
+    key: Choice,
+    /// `hidden[layer][batch]`: the input of block `layer` (`n_layers`: the head's).
+    hidden: Vec<Vec<Tensor>>,
+    kl: f64,
+}
+
+/// Evaluates assignments on nested sets of calibration windows (stage `s` uses the
+/// first `stage_windows[s]` windows).
+pub struct Evaluator {
+    reference: Llama,
+    units: Vec<Unit>,
+    /// `weights[unit][level]`, `[rows, cols]` f32.
+    weights: Vec<Vec<Tensor>>,
+    windows: Vec<Window>,
+    stage_windows: Vec<usize>,
+    batch: usize,
+    caches: Vec<Mutex<Option<Cache>>>,
+    evaluations: Mutex<Vec<usize>>,
+}
+
+impl Evaluator {
+    /// Decode every level of `db` (in `units` order) and compute the reference's
+    /// distributions on `windows` (each `ctx` tokens).
+    pub fn new(
+        reference: Llama,
+        units: Vec<Unit>,
+        db: &LevelDb,
+        windows: Vec<Vec<u32>>,
+        stage_windows: Vec<usize>,
+        batch: usize,
+        top_k: Option<usize>,
+    ) -> Result<Self> {
+        if stage_windows.is_empty() || stage_windows.iter().any(|&n| n == 0 || n > windows.len()) {
+            return Err(CompressError::Usage(format!(
+                "fitness stages need between 1 and {} calibration windows each, got {:?}",
+                windows.len(),
+                stage_windows
+            )));
+        }
+        let mut weights = Vec::with_capacity(units.len());
+        for u in &units {
+            let t = db.find(&u.name).ok_or_else(|| {
+                CompressError::Invariant(format!("{} is not in the level database", u.name))
+            })?;
+            let mut lv = Vec::new();
+            for l in 0..db.tensors()[t].levels.len() {
+                let v = db.values(t, l)?;
+                lv.push(Tensor::from_vec(v, (u.rows, u.cols), &Device::Cpu)?);
+            }
+            weights.push(lv);
+        }
+        let n_needed = *stage_windows.iter().max().expect("non-empty");
+        let mut ws = Vec::with_capacity(n_needed);
+        for chunk in windows[..n_needed].chunks(batch.max(1)) {
+            let refs: Vec<&[u32]> = chunk.iter().map(|w| w.as_slice()).collect();
+            let logits = reference.forward_batch(&refs)?;
+            let v = reference.vocab_size();
+            let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+            for (w, lg) in chunk.iter().zip(logits.chunks(w_len(chunk) * v)) {
+                let (p, plogp) = probabilities(lg, v);
+                let reference = match top_k {
+                    Some(k) if k < v => top_k_dist(&p, v, k.max(1)),
+                    _ => RefDist::Dense { p, plogp },
+                };
+                ws.push(Window {
+                    tokens: w.clone(),
+                    reference,
+                });
+            }
+        }
+        let n_stages = stage_windows.len();
+        Ok(Evaluator {
+            reference,
+            units,
+            weights,
+            windows: ws,
+            stage_windows,
+            batch: batch.max(1),
+            caches: (0..n_stages).map(|_| Mutex::new(None)).collect(),
+            evaluations: Mutex::new(vec![0; n_stages]),
+        })
+    }
+
+    pub fn units(&self) -> &[Unit] {
+        &self.units
+    }
+
+    pub fn n_levels(&self, unit: usize) -> usize {
+        self.weights[unit].len()
+    }
+
+    /// Tokens scored at `stage`.
+    pub fn stage_tokens(&self, stage: usize) -> usize {
+        self.windows[..self.stage_windows[stage]]
+            .iter()
+            .map(|w| w.tokens.len())
+            .sum()
+    }
+
+    /// Model calls made per stage so far.
+    pub fn evaluations(&self) -> Vec<usize> {
+        self.evaluations.lock().expect("not poisoned").clone()
+    }
+
+    /// The reference model with the weights of `choice`.
+    pub fn model(&self, choice: &[Option<u16>]) -> Result<Llama> {
+        let mut m = self.reference.clone();
+        for (u, c) in self.units.iter().zip(choice) {
+            let Some(l) = c else { continue };
+            let w = self.weights_of(u, *l)?;
+            match u.what {
+                UnitRef::Embedding => m.set_embedding(w)?,
+                UnitRef::Output => m.set_output_weight(w)?,
+                UnitRef::Linear(layer, kind) => m.set_linear_weight(layer, kind, w)?,
+            }
+        }
+        Ok(m)
+    }
+
+    fn weights_of(&self, u: &Unit, l: u16) -> Result<Tensor> {
+        let i = self
+            .units
+            .iter()
+            .position(|x| x.name == u.name)
+            .expect("own unit");
+        self.weights[i]
+            .get(l as usize)
+            .cloned()
+            .ok_or_else(|| CompressError::Invariant(format!("{}: no level {l}", u.name)))
+    }
+
+    /// Mean KL divergence of `choice` from the reference on the windows of `stage`,
+    /// running only the blocks after the first one where `choice` differs from `base`.
+    pub fn kl(&self, stage: usize, choice: &[Option<u16>], base: &[Option<u16>]) -> Result<f64> {
+        let n_layers = self.reference.n_layers();
+        let mut guard = self.caches[stage].lock().expect("not poisoned");
+        if guard.as_ref().map(|c| c.key.as_slice()) != Some(base) {
+            *guard = None;
+            *guard = Some(self.fill_cache(stage, base)?);
+        }
+        let cache = guard.as_ref().expect("filled");
+        let first = self
+            .units
+            .iter()
+            .zip(choice.iter().zip(base))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(u, _)| u.first_layer(n_layers))
+            .min();
+        let Some(first) = first else {
+            return Ok(cache.kl);
+        };
+        let m = self.model(choice)?;
+        let mut total = 0.0;
+        let mut rows = 0usize;
+        for (bi, chunk) in self.stage_batches(stage).enumerate() {
+            let mut h = cache.hidden[first][bi].clone();
+            for l in first..n_layers {
+                h = m.block_forward(l, &h, None)?;
+            }
+            let (s, n) = self.batch_kl(&m, &h, chunk)?;
+            total += s;
+            rows += n;
+        }
+        self.evaluations.lock().expect("not poisoned")[stage] += 1;
+        Ok(total / rows.max(1) as f64)
+    }
+
+    fn stage_batches(&self, stage: usize) -> std::slice::Chunks<'_, Window> {
+        self.windows[..self.stage_windows[stage]].chunks(self.batch)
+    }
+
+    fn fill_cache(&self, stage: usize, base: &[Option<u16>]) -> Result<Cache> {
+        let n_layers = self.reference.n_layers();
+        let m = self.model(base)?;
+        let mut hidden: Vec<Vec<Tensor>> = vec![Vec::new(); n_layers + 1];
+        let (mut total, mut rows) = (0.0, 0usize);
+        for chunk in self.stage_batches(stage) {
+            let refs: Vec<&[u32]> = chunk.iter().map(|w| w.tokens.as_slice()).collect();
+            let mut h = m.embed_batch(&refs)?;
+            for (l, slot) in hidden.iter_mut().enumerate().take(n_layers) {
+                slot.push(h.clone());
+                h = m.block_forward(l, &h, None)?;
+            }
+            hidden[n_layers].push(h.clone());
+            let (s, n) = self.batch_kl(&m, &h, chunk)?;
+            total += s;
+            rows += n;
+        }
+        Ok(Cache {
+            key: base.to_vec(),
+            hidden,
+            kl: total / rows.max(1) as f64,
+        })
+    }
+
+    /// Sum of per-position KL over a batch and the number of positions.
+    fn batch_kl(&self, m: &Llama, h: &Tensor, chunk: &[Window]) -> Result<(f64, usize)> {
+        let v = m.vocab_size();
+        let logits = m.head(h)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut sum = 0.0;
+        let mut rows = 0;
+        let t = chunk.first().map_or(0, |w| w.tokens.len());
+        for (w, lg) in chunk.iter().zip(logits.chunks(t * v)) {
+            let s: f64 = match &w.reference {
+                RefDist::Dense { p, plogp } => lg
+                    .par_chunks(v)
+                    .zip(p.par_chunks(v))
+                    .zip(plogp.par_iter())
+                    .map(|((x, p), &plogp)| kl_row(x, p, plogp))
+                    .sum(),
+                RefDist::TopK {
+                    k,
+                    idx,
+                    p,
+                    rest,
+                    plogp,
+                } => lg
+                    .par_chunks(v)
+                    .zip(idx.par_chunks(*k).zip(p.par_chunks(*k)))
+                    .zip(rest.par_iter().zip(plogp.par_iter()))
+                    .map(|((x, (i, p)), (&r, &plogp))| kl_row_top_k(x, i, p, r, plogp))
+                    .sum(),
+            };
+            if !s.is_finite() {
+                return Err(CompressError::Invariant(
+                    "KL divergence is not finite (the compressed model produced NaN or infinite logits)"
+                        .into(),
+                ));
+            }
+            sum += s;
+            rows += w.tokens.len();
+        }
+        Ok((sum, rows))
+    }
+
+    /// Per-unit KL table: `table[u][l]` = KL of the reference with only unit `u` at
+    /// level `l` (the per-layer errors of the dynamic-programming baseline).
+    pub fn unit_table(
+        &self,
+        stage: usize,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Vec<Vec<f64>>> {
+        let base: Choice = vec![None; self.units.len()];
+        let total: usize = self.weights.iter().map(|w| w.len()).sum();
+        let mut done = 0;
+        let mut table = Vec::with_capacity(self.units.len());
+        for (u, w) in self.weights.iter().enumerate() {
+            let mut row = Vec::with_capacity(w.len());
+            for l in 0..w.len() {
+                let mut c = base.clone();
+                c[u] = Some(l as u16);
+                row.push(self.kl(stage, &c, &base)?);
+                done += 1;
+                progress(done, total);
+            }
+            table.push(row);
+        }
+        Ok(table)
+    }
+}
+
+fn w_len(chunk: &[Vec<u32>]) -> usize {
+    chunk.first().map_or(0, |w| w.len())
+}
+
+/// Softmax of each row of `logits` (`[T, vocab]`) and its `Σ p log p`.
+fn probabilities(logits: &[f32], v: usize) -> (Vec<f32>, Vec<f64>) {
+    let mut p = vec![0f32; logits.len()];
+    let plogp: Vec<f64> = p
+        .par_chunks_mut(v)
+        .zip(logits.par_chunks(v))
+        .map(|(p, x)| {
+            let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+            let sum: f64 = x.iter().map(|&y| (y as f64 - max).exp()).sum();
+            let lse = max + sum.ln();
+            let mut plogp = 0.0;
+            for (pi, &xi) in p.iter_mut().zip(x) {
+                let lp = xi as f64 - lse;
+                let e = lp.exp();
+                *pi = e as f32;
+                plogp += e * lp;
+            }
+            plogp
+        })
+        .collect();
+    (p, plogp)
+}
+
+/// Keep the `k` largest probabilities of each row of `p` (`[T, vocab]`).
+fn top_k_dist(p: &[f32], v: usize, k: usize) -> RefDist {
+    let rows = p.len() / v;
+    let mut idx = Vec::with_capacity(rows * k);
+    let mut top = Vec::with_capacity(rows * k);
+    let mut rest = Vec::with_capacity(rows);
+    let mut plogp = Vec::with_capacity(rows);
+    for row in p.chunks(v) {
+        let mut order: Vec<u32> = (0..v as u32).collect();
+        order.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+        let mut kept = 0.0f64;
+        let mut h = 0.0f64;
+        for &i in &order[..k] {
+            let pi = row[i as usize];
+            idx.push(i);
+            top.push(pi);
+            kept += pi as f64;
+            if pi > 0.0 {
+                h += pi as f64 * (pi as f64).ln();
+            }
+        }
+        let r = (1.0 - kept).max(0.0);
+        if r > 0.0 {
+            h += r * r.ln();
+        }
+        rest.push(r);
+        plogp.push(h);
+    }
+    RefDist::TopK {
+        k,
+        idx,
+        p: top,
+        rest,
+        plogp,
+    }
+}
+
+/// KL over the buckets {top-k tokens, everything else}:
+/// `Σ_top p (log p − log q) + r (log r − log q_rest)`.
+fn kl_row_top_k(x: &[f32], idx: &[u32], p: &[f32], rest: f64, plogp: f64) -> f64 {
+    let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let lse = max + x.iter().map(|&y| (y as f64 - max).exp()).sum::<f64>().ln();
+    let mut cross = 0.0;
+    let mut q_top = 0.0;
+    for (&i, &pi) in idx.iter().zip(p) {
+        let lq = x[i as usize] as f64 - lse;
+        cross += pi as f64 * lq;
+        q_top += lq.exp();
+    }
+    if rest > 0.0 {
+        cross += rest * (1.0 - q_top).max(1e-30).ln();
+    }
+    (plogp - cross).max(0.0)
+}
+
+/// `KL(p ‖ softmax(x)) = Σ p log p − Σ p x + logsumexp(x)` (Σ p = 1).
+fn kl_row(x: &[f32], p: &[f32], plogp: f64) -> f64 {
+    let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let mut sum = 0.0;
+    let mut dot = 0.0;
+    for (&xi, &pi) in x.iter().zip(p) {
+        sum += (xi as f64 - max).exp();
+        dot += pi as f64 * xi as f64;
+    }
+    (plogp - dot + max + sum.ln()).max(0.0)
+}
+
+impl Fitness for Evaluator {
+    fn n_stages(&self) -> usize {
+        self.stage_windows.len()
+    }
+
+    fn evaluate(
+        &self,
+        stage: usize,
+        parent: &Assignment,
+        candidates: &[Assignment],
+    ) -> std::result::Result<Vec<f64>, SearchError> {
+        let some = |a: &Assignment| -> Choice { a.iter().map(|&l| Some(l)).collect() };
+        let base = some(parent);
+        candidates
+            .iter()
+            .map(|c| {
+                self.kl(stage, &some(c), &base)
+                    .map_err(|e| SearchError::Fitness(e.to_string()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kl_row_matches_the_definition() {
+        let x = [0.3f32, -1.0, 2.0, 0.5];
+        let r = [1.0f32, 0.0, -0.5, 0.25];
+        let (p, plogp) = probabilities(&r, 4);
+        let lse_x = x.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+        let lse_r = r.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+        let direct: f64 = (0..4)
+            .map(|i| {
+                let lp = r[i] as f64 - lse_r;
+                let lq = x[i] as f64 - lse_x;
+                lp.exp() * (lp - lq)
+            })
+            .sum();
+        assert!((kl_row(&x, &p, plogp[0]) - direct).abs() < 1e-6);
+        assert!(kl_row(&r, &p, plogp[0]).abs() < 1e-6);
+
+        // Top-k: all tokens kept → the full KL; fewer → a lower bound.
+        let RefDist::TopK {
+            k,
+            idx,
+            p: tp,
+            rest,
+            plogp: tl,
+        } = top_k_dist(&p, 4, 4)
+        else {
+            panic!("top-k")
+        };
+        assert_eq!(k, 4);
+        assert!((kl_row_top_k(&x, &idx, &tp, rest[0], tl[0]) - direct).abs() < 1e-6);
+        let RefDist::TopK {
+            idx,
+            p: tp,
+            rest,
+            plogp: tl,
+            ..
+        } = top_k_dist(&p, 4, 2)
+        else {
+            panic!("top-k")
+        };
+        // The two largest reference probabilities are tokens 0 and 3.
+        let mut kept: Vec<u32> = idx.clone();
+        kept.sort();
+        assert_eq!(kept, [0, 3]);
+        let coarse = kl_row_top_k(&x, &idx, &tp, rest[0], tl[0]);
+        assert!(
+            coarse > 0.0 && coarse <= direct + 1e-12,
+            "{coarse} vs {direct}"
+        );
+        // Closed form over the buckets {0}, {3}, {1, 2}.
+        let q: Vec<f64> = x.iter().map(|&v| (v as f64).exp() / lse_x.exp()).collect();
+        let pp: Vec<f64> = p.iter().map(|&v| v as f64).collect();
+        let want = pp[0] * (pp[0] / q[0]).ln()
+            + pp[3] * (pp[3] / q[3]).ln()
+            + (pp[1] + pp[2]) * ((pp[1] + pp[2]) / (q[1] + q[2])).ln();
+        assert!((coarse - want).abs() < 1e-6, "{coarse} vs {want}");
+    }
+}

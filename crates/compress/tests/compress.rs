@@ -1,0 +1,249 @@
+//! `tersor compress` end to end on a tiny random model: budgets are met exactly, the
+//! written files decode to the levels the search chose, EvoPress never ends worse
+//! than the baseline it starts from, and bad budgets are clear errors.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use candle_core::{Device, Tensor};
+use tersor_compress::{Budget, CompressOptions, Event, Format, Report, SearchOptions};
+use tersor_levels::LevelDb;
+use tersor_model::{LinearKind, LoadedModel, TensorNaming};
+use tersor_quantize::{CalibConfig, Method};
+use tersor_testkit::{TempDir, TinyLlama};
+
+fn calib_text(dir: &Path) -> PathBuf {
+    let p = dir.join("calib.txt");
+    let para = "It was a bright cold day in April, and the clocks were striking thirteen. \
+                Winston Smith, his chin nuzzled into his breast in an effort to escape the vile wind, \
+                slipped quickly through the glass doors of Victory Mansions. ";
+    std::fs::write(&p, para.repeat(12)).unwrap();
+    p
+}
+
+fn options(dir: &Path, input: &Path, format: Format, budget: Budget) -> CompressOptions {
+    let calib = calib_text(dir);
+    CompressOptions {
+        input: input.to_path_buf(),
+        output: dir.join(match format {
+            Format::Gguf => "out.gguf",
+            Format::Gptq => "out-gptq",
+        }),
+        format,
+        budget,
+        calib: CalibConfig {
+            path: calib.clone(),
+            max_tokens: 1024,
+            ctx: 128,
+        },
+        levels: None,
+        method: Method::Gptq,
+        gptq: Default::default(),
+        db: None,
+        search: SearchOptions {
+            generations: 6,
+            offspring: 4,
+            stage_windows: vec![1, 3],
+            survivors: vec![2],
+            max_switches: 2,
+            seed: 1,
+            random_samples: 4,
+            batch: 2,
+            kl_top_k: None,
+        },
+        resume: false,
+        baselines_dir: Some(dir.join("baselines")),
+        eval: Some((calib, 2)),
+    }
+}
+
+fn run(opts: &CompressOptions) -> (Report, Vec<String>) {
+    if let Some(d) = &opts.baselines_dir {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let notes = Mutex::new(Vec::new());
+    let r = tersor_compress::run(opts, &|e| {
+        if let Event::Note(n) = e {
+            notes.lock().unwrap().push(n)
+        }
+    })
+    .unwrap();
+    (r, notes.into_inner().unwrap())
+}
+
+fn llama(path: &Path) -> tersor_model::Llama {
+    match tersor_model::load(path).unwrap() {
+        LoadedModel::Decoder { model, .. } => model,
+        _ => panic!("not a decoder"),
+    }
+}
+
+/// The input model with every unit's weights replaced by its chosen level.
+fn expected_model(
+    input: &Path,
+    db: &LevelDb,
+    report: &Report,
+    method: usize,
+) -> tersor_model::Llama {
+    let mut m = llama(input);
+    for (u, unit) in report.units.iter().enumerate() {
+        let t = db.find(&unit.name).unwrap();
+        let l = db.tensors()[t]
+            .levels
+            .iter()
+            .position(|lv| lv.kind.to_string() == report.methods[method].levels[u])
+            .unwrap();
+        let ti = &db.tensors()[t];
+        let w =
+            Tensor::from_vec(db.values(t, l).unwrap(), (ti.rows, ti.cols), &Device::Cpu).unwrap();
+        if unit.name == TensorNaming::Gguf.embed() {
+            m.set_embedding(w).unwrap();
+            continue;
+        }
+        let (layer, kind) = (0..m.n_layers())
+            .flat_map(|l| LinearKind::ALL.iter().map(move |&k| (l, k)))
+            .find(|&(l, k)| TensorNaming::Gguf.linear(l, k, "weight") == unit.name)
+            .unwrap();
+        m.set_linear_weight(layer, kind, w).unwrap();
+    }
+    m
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn gguf_budget_files_and_search() {
+    let dir = TempDir::new("compress-gguf");
+    let input = dir.path().join("tiny.gguf");
+    TinyLlama::default().write_gguf(&input);
+    let opts = options(dir.path(), &input, Format::Gguf, Budget::Bpw(5.0));
+    let (r, _) = run(&opts);
+
+    // Exact budget accounting: every written file is the size its allocation costs,
+    // within the budget.
+    assert_eq!(r.methods[0].name, "evopress");
+    for m in &r.methods {
+        let p = m.path.as_ref().expect("all written");
+        let size = std::fs::metadata(p).unwrap().len();
+        assert_eq!(size, m.bytes, "{}", m.name);
+        assert!(
+            size <= r.budget_bytes,
+            "{}: {size} > {}",
+            m.name,
+            r.budget_bytes
+        );
+    }
+    // Elitism: the search ends no worse than the baseline it started from.
+    let start = r
+        .methods
+        .iter()
+        .find(|m| m.name == r.evopress_start)
+        .unwrap();
+    assert!(r.methods[0].fitness <= start.fitness);
+    let f0 = r.curve.first().map(|g| g.best_fitness).unwrap();
+    assert!(r
+        .curve
+        .windows(2)
+        .all(|w| w[1].best_fitness <= w[0].best_fitness));
+    assert!(f0 <= start.fitness);
+
+    // The written GGUF has the chosen types and decodes to the database's levels:
+    // its logits equal the model the search scored.
+    let db = LevelDb::open(&r.db).unwrap();
+    let f = tersor_gguf::GgufFile::open(&opts.output).unwrap();
+    for (u, unit) in r.units.iter().enumerate() {
+        let t = f.tensor(&unit.name).unwrap();
+        assert_eq!(t.ty.name().to_ascii_uppercase(), r.methods[0].levels[u]);
+    }
+    let tokens: Vec<u32> = b"the clocks were striking"
+        .iter()
+        .map(|&b| b as u32)
+        .collect();
+    let want = expected_model(&input, &db, &r, 0).forward(&tokens).unwrap();
+    let got = llama(&opts.output).forward(&tokens).unwrap();
+    assert_eq!(max_abs_diff(&want, &got), 0.0);
+
+    // A second run reuses the database and its per-tensor KL table.
+    let (r2, notes) = run(&opts);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("reusing the level database")),
+        "{notes:?}"
+    );
+    assert_eq!(
+        r2.methods[0].levels, r.methods[0].levels,
+        "deterministic for a seed"
+    );
+
+    // Budgets outside the achievable range name it.
+    let mut bad = opts.clone();
+    bad.budget = Budget::Bpw(1.0);
+    let e = tersor_compress::run(&bad, &|_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("no allocation meets the budget") && e.contains("bpw"),
+        "{e}"
+    );
+}
+
+#[test]
+fn gptq_mixed_bits_checkpoint_loads_as_searched() {
+    let dir = TempDir::new("compress-gptq");
+    let input = dir.path().join("tiny.gguf");
+    TinyLlama::default().write_gguf(&input);
+    let mut opts = options(dir.path(), &input, Format::Gptq, Budget::Bpw(3.5));
+    opts.levels = Some(
+        [
+            "gptq:2:g64",
+            "gptq:3:g64",
+            "gptq:4:g64",
+            "gptq:4:g128",
+            "gptq:8:g128",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect(),
+    );
+    opts.baselines_dir = None;
+    // The memory-bounded fitness (top-k reference tokens) drives this search.
+    opts.search.kl_top_k = Some(32);
+    let (r, _) = run(&opts);
+    let lin_params: u64 = r.units.iter().map(|u| u.params).sum();
+    let m = &r.methods[0];
+    assert!(m.bytes <= r.budget_bytes);
+    assert_eq!(r.budget_bytes, (3.5 * lin_params as f64 / 8.0) as u64);
+    let mut kinds: Vec<&String> = m.levels.iter().collect();
+    kinds.sort();
+    kinds.dedup();
+    assert!(
+        kinds.len() > 1,
+        "expected a mixed allocation, got {kinds:?}"
+    );
+
+    // The checkpoint (q/k rows back in HF order, per-module `dynamic` overrides)
+    // computes what the search scored.
+    let db = LevelDb::open(&r.db).unwrap();
+    let tokens: Vec<u32> = b"glass doors of Victory"
+        .iter()
+        .map(|&b| b as u32)
+        .collect();
+    let want = expected_model(&input, &db, &r, 0).forward(&tokens).unwrap();
+    let got = llama(&opts.output).forward(&tokens).unwrap();
+    let d = max_abs_diff(&want, &got);
+    // fp16 embeddings and norms in the checkpoint; the levels themselves are exact.
+    assert!(d < 2e-2, "max |Δlogit| {d}");
+    let cfg = std::fs::read_to_string(opts.output.join("config.json")).unwrap();
+    assert!(cfg.contains("\"dynamic\""), "{cfg}");
+}
