@@ -2,7 +2,7 @@
 //! written files decode to the levels the search chose, EvoPress never ends worse
 //! than the baseline it starts from, and bad budgets are clear errors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use candle_core::{Device, Tensor};
@@ -10,16 +10,7 @@ use tersor_compress::{Budget, CompressOptions, Event, Format, Report, SearchOpti
 use tersor_levels::LevelDb;
 use tersor_model::{LinearKind, LoadedModel, TensorNaming};
 use tersor_quantize::{CalibConfig, Method};
-use tersor_testkit::{TempDir, TinyLlama};
-
-fn calib_text(dir: &Path) -> PathBuf {
-    let p = dir.join("calib.txt");
-    let para = "It was a bright cold day in April, and the clocks were striking thirteen. \
-                Winston Smith, his chin nuzzled into his breast in an effort to escape the vile wind, \
-                slipped quickly through the glass doors of Victory Mansions. ";
-    std::fs::write(&p, para.repeat(12)).unwrap();
-    p
-}
+use tersor_testkit::{calib_text, TempDir, TinyLlama};
 
 fn options(dir: &Path, input: &Path, format: Format, budget: Budget) -> CompressOptions {
     let calib = calib_text(dir);

@@ -3,49 +3,17 @@
 //! values the search scored.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use tersor_compress::{Budget, CompressOptions, Format, SearchOptions};
 use tersor_gguf::GgufFile;
 use tersor_levels::LevelDb;
 use tersor_quantize::{CalibConfig, Method};
-use tersor_testkit::{assets, python_has, TempDir, DEFAULT_GGUF};
+use tersor_testkit::{assets, gguf_py_hashes, python_has, TempDir, DEFAULT_GGUF};
 
 fn hash_f32(v: &[f32]) -> String {
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
     hex::encode(Sha256::digest(&bytes))
-}
-
-/// sha256 of every tensor's f32 values as gguf-py's reader and dequantizer see them.
-fn gguf_py_hashes(path: &Path) -> HashMap<String, String> {
-    let script = r#"
-import sys, hashlib, numpy as np
-from gguf import GGUFReader
-from gguf.quants import dequantize
-r = GGUFReader(sys.argv[1])
-for t in r.tensors:
-    v = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
-    print(t.name, hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest())
-"#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (a, b) = l.split_once(' ').unwrap();
-            (a.to_string(), b.to_string())
-        })
-        .collect()
 }
 
 #[test]
@@ -107,7 +75,7 @@ fn default_lm_budget_and_gguf_py_decoding() {
 
     // gguf-py decodes the chosen levels exactly; the norms are the input's.
     let db = LevelDb::open(&r.db).unwrap();
-    let py = gguf_py_hashes(&opts.output);
+    let py: HashMap<String, String> = gguf_py_hashes(&opts.output).into_iter().collect();
     let out = GgufFile::open(&opts.output).unwrap();
     let inp = GgufFile::open(&input).unwrap();
     assert_eq!(py.len(), out.tensors().len());

@@ -1,13 +1,13 @@
 //! End-to-end runs of the quantization job on tiny synthetic Llamas: every ggml type
 //! cross-checked against the `gguf` Python package, GPTQ against RTN, bad inputs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use tersor_ggml::GgmlType;
 use tersor_gguf::GgufFile;
 use tersor_quantize::{run, CalibConfig, Event, MethodSpec, QuantizeOptions, Target};
-use tersor_testkit::{TempDir, TinyLlama};
+use tersor_testkit::{calib_text, gguf_py_hashes, TempDir, TinyLlama};
 
 const TYPES: [GgmlType; 11] = [
     GgmlType::Q8_0,
@@ -22,16 +22,6 @@ const TYPES: [GgmlType; 11] = [
     GgmlType::Q5K,
     GgmlType::Q6K,
 ];
-
-/// English text long enough for a few byte-level windows.
-fn calib_text(dir: &Path) -> PathBuf {
-    let p = dir.join("calib.txt");
-    let para = "It was a bright cold day in April, and the clocks were striking thirteen. \
-                Winston Smith, his chin nuzzled into his breast in an effort to escape the vile wind, \
-                slipped quickly through the glass doors of Victory Mansions. ";
-    std::fs::write(&p, para.repeat(12)).unwrap();
-    p
-}
 
 fn options(
     input: &Path,
@@ -83,37 +73,6 @@ fn tersor_hashes(path: &Path) -> Vec<(String, String)> {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// The same hashes as computed by gguf-py's reader and dequantizer.
-fn gguf_py_hashes(path: &Path) -> Vec<(String, String)> {
-    let script = r#"
-import sys, hashlib, numpy as np
-from gguf import GGUFReader
-from gguf.quants import dequantize
-r = GGUFReader(sys.argv[1])
-for t in r.tensors:
-    v = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
-    print(t.name, hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest())
-"#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (a, b) = l.split_once(' ').unwrap();
-            (a.to_string(), b.to_string())
-        })
-        .collect()
 }
 
 #[test]

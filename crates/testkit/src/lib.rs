@@ -383,6 +383,50 @@ pub fn byte_tokens() -> Vec<String> {
     chars.into_iter().map(String::from).collect()
 }
 
+/// Writes `calib.txt` in `dir`: English text long enough for a few byte-level
+/// calibration windows of a [`TinyLlama`].
+pub fn calib_text(dir: &Path) -> PathBuf {
+    let p = dir.join("calib.txt");
+    let para = "It was a bright cold day in April, and the clocks were striking thirteen. \
+                Winston Smith, his chin nuzzled into his breast in an effort to escape the vile wind, \
+                slipped quickly through the glass doors of Victory Mansions. ";
+    std::fs::write(&p, para.repeat(12)).expect("write calib.txt");
+    p
+}
+
+/// sha256 of every tensor's f32 values as gguf-py's reader and dequantizer see them
+/// (`(name, hex)` in file order). Callers check [`python_has`] first.
+pub fn gguf_py_hashes(path: &Path) -> Vec<(String, String)> {
+    let script = r#"
+import sys, hashlib, numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+r = GGUFReader(sys.argv[1])
+for t in r.tensors:
+    v = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+    print(t.name, hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest())
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "gguf-py on {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once(' ').expect("name and hash");
+            (a.to_string(), b.to_string())
+        })
+        .collect()
+}
+
 /// A fresh empty temporary directory (removed when the value drops).
 pub struct TempDir(PathBuf);
 
