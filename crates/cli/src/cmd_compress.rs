@@ -284,9 +284,8 @@ pub fn run(args: Box<CompressArgs>) -> anyhow::Result<()> {
 
     if let Some(p) = &args.report {
         let text = serde_json::to_string_pretty(&report)?;
-        let tmp = p.with_extension("json.tmp");
-        std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, p).with_context(|| format!("cannot write {}", p.display()))?;
+        tersor_levels::atomic_write(p, text.as_bytes())
+            .with_context(|| format!("cannot write the report {}", p.display()))?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -160,9 +160,12 @@ impl Evaluator {
     /// The reference model with the weights of `choice`.
     pub fn model(&self, choice: &[Option<u16>]) -> Result<Llama> {
         let mut m = self.reference.clone();
-        for (u, c) in self.units.iter().zip(choice) {
+        for ((u, levels), c) in self.units.iter().zip(&self.weights).zip(choice) {
             let Some(l) = c else { continue };
-            let w = self.weights_of(u, *l)?;
+            let w = levels
+                .get(*l as usize)
+                .cloned()
+                .ok_or_else(|| CompressError::Invariant(format!("{}: no level {l}", u.name)))?;
             match u.what {
                 UnitRef::Embedding => m.set_embedding(w)?,
                 UnitRef::Output => m.set_output_weight(w)?,
@@ -170,18 +173,6 @@ impl Evaluator {
             }
         }
         Ok(m)
-    }
-
-    fn weights_of(&self, u: &Unit, l: u16) -> Result<Tensor> {
-        let i = self
-            .units
-            .iter()
-            .position(|x| x.name == u.name)
-            .expect("own unit");
-        self.weights[i]
-            .get(l as usize)
-            .cloned()
-            .ok_or_else(|| CompressError::Invariant(format!("{}: no level {l}", u.name)))
     }
 
     /// Mean KL divergence of `choice` from the reference on the windows of `stage`,

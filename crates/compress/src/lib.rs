@@ -597,9 +597,7 @@ fn unit_kl_table(
         table: table.clone(),
     })
     .map_err(|e| CompressError::Invariant(e.to_string()))?;
-    let tmp = dir.join("unit_kl.json.tmp");
-    std::fs::write(&tmp, text).map_err(|e| CompressError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| CompressError::io(&path, e))?;
+    tersor_levels::atomic_write(&path, text.as_bytes())?;
     Ok(table)
 }
 

@@ -385,9 +385,14 @@ fn save_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     atomic_write(&dir.join("manifest.json"), text.as_bytes())
 }
 
-/// Write `bytes` to `path` through a temporary file in the same directory.
-fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+/// Write `bytes` to `path` through a temporary file in the same directory, fsynced,
+/// then renamed into place: `path` is either untouched or complete.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    // A bare file name has an empty parent: the current directory.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
     tmp.write_all(bytes).map_err(io(path))?;
     tmp.as_file().sync_all().map_err(io(path))?;
