@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tersor_compress::{Budget, CompressOptions, Event, Format, SearchOptions};
+use tersor_compress::{Budget, CompressOptions, Event, Format, SearchOptions, UnitErrors};
 use tersor_levels::LevelKind;
 use tersor_quantize::{CalibConfig, MethodSpec};
 
@@ -56,24 +56,31 @@ pub struct CompressArgs {
     db: Option<PathBuf>,
 
     /// EvoPress generations.
-    #[arg(long, default_value_t = 50, value_name = "N")]
+    #[arg(long, default_value_t = 10, value_name = "N")]
     generations: usize,
 
     /// Offspring per generation.
     #[arg(long, default_value_t = 8, value_name = "N")]
     offspring: usize,
 
-    /// Calibration windows per selection stage, comma-separated (increasing).
+    /// Calibration windows per selection stage, comma-separated (increasing). The
+    /// last stage always scores the first windows; smaller stages rotate through them
+    /// from one generation to the next.
     #[arg(
         long,
-        default_value = "1,4",
+        default_value = "1,4,8",
         value_name = "LIST",
         value_delimiter = ','
     )]
     stage_windows: Vec<usize>,
 
     /// Survivors after each stage but the last, comma-separated.
-    #[arg(long, default_value = "2", value_name = "LIST", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "2,1",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
     survivors: Vec<usize>,
 
     /// Random assignments tried by the best-of-N baseline.
@@ -87,6 +94,16 @@ pub struct CompressArgs {
     /// (bounds memory; the KL then lumps the other tokens into one bucket).
     #[arg(long, value_name = "K")]
     kl_top_k: Option<usize>,
+
+    /// Per-unit errors of the DP baseline: `scaled` (one model run per tensor, its
+    /// other levels scaled by their output errors) or `kl` (one run per level).
+    #[arg(long, default_value = "scaled", value_name = "KIND")]
+    unit_errors: UnitErrors,
+
+    /// EvoPress's level switches all uniformly random, as in the paper (default: half
+    /// of them guided by the per-tensor error table).
+    #[arg(long)]
+    unguided: bool,
 
     /// Continue an interrupted search from its checkpoint (OUT.evopress.json).
     #[arg(long)]
@@ -221,6 +238,8 @@ pub fn run(args: Box<CompressArgs>) -> anyhow::Result<()> {
             random_samples: args.random_samples,
             batch: 1,
             kl_top_k: args.kl_top_k,
+            unit_errors: args.unit_errors,
+            guided: !args.unguided,
         },
         resume: args.resume,
         baselines_dir: args.baselines_dir.clone(),

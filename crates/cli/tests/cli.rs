@@ -373,3 +373,106 @@ fn compress_rejects_bad_budgets_and_options_before_any_work() {
         stderr(&o)
     );
 }
+
+/// Killing `tersor compress` in the middle of its search and running it again with
+/// `--resume` ends exactly where an uninterrupted run with the same seed ends.
+#[test]
+fn compress_killed_mid_search_resumes_to_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = d.join("tiny.gguf");
+    tersor_testkit::TinyLlama::default().write_gguf(&model);
+    let calib = tersor_testkit::calib_text(d);
+    let db = d.join("levels");
+    const GENERATIONS: usize = 100;
+    let gens = GENERATIONS.to_string();
+    let args = |out: &Path, report: &Path| -> Vec<String> {
+        let mut a: Vec<String> = ["compress", s(&model), "--calib", s(&calib)]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        a.extend(
+            [
+                "--calib-tokens",
+                "1024",
+                "--ctx",
+                "128",
+                "--db",
+                s(&db),
+                "--target-bpw",
+                "5.0",
+                "--generations",
+                &gens,
+                "--offspring",
+                "4",
+                "--stage-windows",
+                "1,2,4",
+                "--survivors",
+                "2,1",
+                "--random-samples",
+                "2",
+                "--eval-chunks",
+                "0",
+                "--report",
+                s(report),
+                "-o",
+                s(out),
+                "-q",
+            ]
+            .iter()
+            .map(|x| x.to_string()),
+        );
+        a
+    };
+    let report =
+        |p: &Path| -> Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+
+    let (whole, whole_report) = (d.join("whole.gguf"), d.join("whole.json"));
+    let a = args(&whole, &whole_report);
+    ok(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>());
+
+    let (cut, cut_report) = (d.join("cut.gguf"), d.join("cut.json"));
+    let a = args(&cut, &cut_report);
+    let mut child = Command::new(TERSOR).args(&a).spawn().unwrap();
+    let ckpt = d.join("cut.gguf.evopress.json");
+    let generation = |p: &Path| -> Option<u64> {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
+        v["generation"].as_u64()
+    };
+    let killed_at = loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the search finished before it could be killed"
+        );
+        match generation(&ckpt) {
+            Some(g) if g >= 3 => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break generation(&ckpt).unwrap();
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(2)),
+        }
+    };
+    assert!((killed_at as usize) < GENERATIONS, "killed at {killed_at}");
+    assert!(!cut.exists(), "no output before the search ends");
+
+    let mut a = args(&cut, &cut_report);
+    a.push("--resume".into());
+    ok(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>());
+    let (w, c) = (report(&whole_report), report(&cut_report));
+    assert_eq!(c["curve"].as_array().unwrap().len(), GENERATIONS);
+    assert_eq!(w["curve"], c["curve"], "search curves differ");
+    assert_eq!(w["methods"][0]["levels"], c["methods"][0]["levels"]);
+    assert_eq!(w["methods"][0]["fitness"], c["methods"][0]["fitness"]);
+    // It did resume: the second process ran fewer model calls than a whole search.
+    let calls = |r: &Value| -> u64 {
+        r["evaluations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .sum()
+    };
+    assert!(calls(&c) < calls(&w), "{} vs {}", calls(&c), calls(&w));
+    assert_eq!(std::fs::read(&whole).unwrap(), std::fs::read(&cut).unwrap());
+}

@@ -52,15 +52,32 @@ enum RefDist {
     },
 }
 
+/// Hidden states of one assignment on the calibration batches, filled lazily.
 struct Cache {
     key: Choice,
-    /// `hidden[layer][batch]`: the input of block `layer` (`n_layers`: the head's).
-    hidden: Vec<Vec<Tensor>>,
-    kl: f64,
+    /// Per batch: the input of every block (`n_layers`: the head's) and the batch's
+    /// summed KL and scored positions; `None` until a stage needs the batch.
+    batches: Vec<Option<CachedBatch>>,
 }
 
-/// Evaluates assignments on nested sets of calibration windows (stage `s` uses the
-/// first `stage_windows[s]` windows).
+#[derive(Clone)]
+struct CachedBatch {
+    hidden: Vec<Tensor>,
+    kl_sum: f64,
+    rows: usize,
+}
+
+/// The base's states, and those of the candidates scored in the current round (a
+/// survivor scored again at a later stage reuses the windows it already ran, and the
+/// winner, promoted to the next base, is not recomputed at all).
+struct Caches {
+    base: Option<Cache>,
+    recent_stage: usize,
+    recent: Vec<Cache>,
+}
+
+/// Evaluates assignments on calibration windows, stage by stage (see
+/// [`Evaluator::kl`] for which windows a stage scores).
 pub struct Evaluator {
     reference: Llama,
     units: Vec<Unit>,
@@ -69,7 +86,9 @@ pub struct Evaluator {
     windows: Vec<Window>,
     stage_windows: Vec<usize>,
     batch: usize,
-    caches: Vec<Mutex<Option<Cache>>>,
+    /// The search's generation: early stages score a window set that rotates with it.
+    round: std::sync::atomic::AtomicUsize,
+    caches: Mutex<Caches>,
     evaluations: Mutex<Vec<usize>>,
 }
 
@@ -131,7 +150,12 @@ impl Evaluator {
             windows: ws,
             stage_windows,
             batch: batch.max(1),
-            caches: (0..n_stages).map(|_| Mutex::new(None)).collect(),
+            round: std::sync::atomic::AtomicUsize::new(0),
+            caches: Mutex::new(Caches {
+                base: None,
+                recent_stage: 0,
+                recent: Vec::new(),
+            }),
             evaluations: Mutex::new(vec![0; n_stages]),
         })
     }
@@ -146,8 +170,9 @@ impl Evaluator {
 
     /// Tokens scored at `stage`.
     pub fn stage_tokens(&self, stage: usize) -> usize {
-        self.windows[..self.stage_windows[stage]]
-            .iter()
+        self.stage_batch_ids(stage)
+            .into_iter()
+            .flat_map(|b| self.batch_windows(b))
             .map(|w| w.tokens.len())
             .sum()
     }
@@ -177,14 +202,43 @@ impl Evaluator {
 
     /// Mean KL divergence of `choice` from the reference on the windows of `stage`,
     /// running only the blocks after the first one where `choice` differs from `base`.
+    /// The stage with the most windows scores the first ones; a smaller stage scores a
+    /// block of them that moves on with each generation ([`Fitness::begin_generation`]).
+    ///
+    /// Bit-identical to a full forward pass of `choice`: the skipped blocks' outputs are
+    /// the base's, computed by the same operations on the same inputs.
     pub fn kl(&self, stage: usize, choice: &[Option<u16>], base: &[Option<u16>]) -> Result<f64> {
         let n_layers = self.reference.n_layers();
-        let mut guard = self.caches[stage].lock().expect("not poisoned");
-        if guard.as_ref().map(|c| c.key.as_slice()) != Some(base) {
-            *guard = None;
-            *guard = Some(self.fill_cache(stage, base)?);
+        let ids = self.stage_batch_ids(stage);
+        let mut guard = self.caches.lock().expect("not poisoned");
+        let caches = &mut *guard;
+        if caches.base.as_ref().map(|c| c.key.as_slice()) != Some(base) {
+            let reuse = caches.recent.iter().position(|c| c.key == base);
+            caches.base = Some(match reuse {
+                Some(i) => caches.recent.swap_remove(i),
+                None => Cache {
+                    key: base.to_vec(),
+                    batches: vec![None; self.n_batches()],
+                },
+            });
+            caches.recent.clear();
         }
-        let cache = guard.as_ref().expect("filled");
+        // A lower stage than the last call's starts a new round (a new generation).
+        if stage < caches.recent_stage {
+            caches.recent.clear();
+        }
+        caches.recent_stage = stage;
+        let cache = caches.base.as_mut().expect("set above");
+        let mut base_model = None;
+        for &b in &ids {
+            if cache.batches[b].is_none() {
+                let m = match &base_model {
+                    Some(m) => m,
+                    None => base_model.insert(self.model(base)?),
+                };
+                cache.batches[b] = Some(self.run_batch(m, b, 0, None)?);
+            }
+        }
         let first = self
             .units
             .iter()
@@ -192,50 +246,121 @@ impl Evaluator {
             .filter(|(_, (a, b))| a != b)
             .map(|(u, _)| u.first_layer(n_layers))
             .min();
-        let Some(first) = first else {
-            return Ok(cache.kl);
+        let (kl_sum, rows) = match first {
+            None => ids
+                .iter()
+                .filter_map(|&b| cache.batches[b].as_ref())
+                .fold((0.0, 0), |(s, n), b| (s + b.kl_sum, n + b.rows)),
+            Some(first) => {
+                // A candidate scored at an earlier stage keeps its batches.
+                let i = match caches.recent.iter().position(|c| c.key == choice) {
+                    Some(i) => i,
+                    None => {
+                        caches.recent.push(Cache {
+                            key: choice.to_vec(),
+                            batches: vec![None; self.n_batches()],
+                        });
+                        caches.recent.len() - 1
+                    }
+                };
+                let mine = &mut caches.recent[i];
+                let mut model = None;
+                let (mut kl_sum, mut rows) = (0.0, 0);
+                for &b in &ids {
+                    if mine.batches[b].is_none() {
+                        let m = match &model {
+                            Some(m) => m,
+                            None => model.insert(self.model(choice)?),
+                        };
+                        let from = cache.batches[b].as_ref().expect("filled above");
+                        mine.batches[b] = Some(self.run_batch(m, b, first, Some(&from.hidden))?);
+                    }
+                    let cb = mine.batches[b].as_ref().expect("filled");
+                    kl_sum += cb.kl_sum;
+                    rows += cb.rows;
+                }
+                // Bound memory: keep at most twice the batches of all windows, dropping
+                // the oldest candidates first (a one-off scan such as the per-unit
+                // table would otherwise keep every candidate).
+                let limit = 2 * self.n_batches().max(8);
+                let held = |r: &[Cache]| -> usize {
+                    r.iter().map(|c| c.batches.iter().flatten().count()).sum()
+                };
+                while caches.recent.len() > 1 && held(&caches.recent) > limit {
+                    caches.recent.remove(0);
+                }
+                (kl_sum, rows)
+            }
         };
-        let m = self.model(choice)?;
-        let mut total = 0.0;
-        let mut rows = 0usize;
-        for (bi, chunk) in self.stage_batches(stage).enumerate() {
-            let mut h = cache.hidden[first][bi].clone();
-            for l in first..n_layers {
-                h = m.block_forward(l, &h, None)?;
-            }
-            let (s, n) = self.batch_kl(&m, &h, chunk)?;
-            total += s;
-            rows += n;
-        }
         self.evaluations.lock().expect("not poisoned")[stage] += 1;
-        Ok(total / rows.max(1) as f64)
+        Ok(kl_sum / rows.max(1) as f64)
     }
 
-    fn stage_batches(&self, stage: usize) -> std::slice::Chunks<'_, Window> {
-        self.windows[..self.stage_windows[stage]].chunks(self.batch)
+    /// Batches of all windows (stage `s` uses the first [`Self::stage_batch_count`]).
+    fn n_batches(&self) -> usize {
+        self.windows.len().div_ceil(self.batch)
     }
 
-    fn fill_cache(&self, stage: usize, base: &[Option<u16>]) -> Result<Cache> {
-        let n_layers = self.reference.n_layers();
-        let m = self.model(base)?;
-        let mut hidden: Vec<Vec<Tensor>> = vec![Vec::new(); n_layers + 1];
-        let (mut total, mut rows) = (0.0, 0usize);
-        for chunk in self.stage_batches(stage) {
-            let refs: Vec<&[u32]> = chunk.iter().map(|w| w.tokens.as_slice()).collect();
-            let mut h = m.embed_batch(&refs)?;
-            for (l, slot) in hidden.iter_mut().enumerate().take(n_layers) {
-                slot.push(h.clone());
-                h = m.block_forward(l, &h, None)?;
-            }
-            hidden[n_layers].push(h.clone());
-            let (s, n) = self.batch_kl(&m, &h, chunk)?;
-            total += s;
-            rows += n;
+    fn stage_batch_count(&self, stage: usize) -> usize {
+        self.stage_windows[stage].div_ceil(self.batch)
+    }
+
+    /// The batches scored at `stage`. The stage with the most windows always scores the
+    /// first ones (its values are compared across generations); a smaller stage scores
+    /// `k` consecutive batches of those, starting at `round · k` (wrapping), so each
+    /// generation's cheap selection sees other tokens, and round 0 (the per-unit table,
+    /// the baselines) the first ones.
+    fn stage_batch_ids(&self, stage: usize) -> Vec<usize> {
+        let k = self.stage_batch_count(stage);
+        let all = (0..self.stage_windows.len())
+            .map(|s| self.stage_batch_count(s))
+            .max()
+            .unwrap_or(k);
+        let round = self.round.load(std::sync::atomic::Ordering::Relaxed);
+        if k >= all {
+            return (0..k).collect();
         }
-        Ok(Cache {
-            key: base.to_vec(),
+        (0..k).map(|i| (round * k + i) % all).collect()
+    }
+
+    fn batch_windows(&self, b: usize) -> &[Window] {
+        let end = ((b + 1) * self.batch).min(self.windows.len());
+        &self.windows[b * self.batch..end]
+    }
+
+    /// Runs batch `b` through `m` from block `first` (the embedding when 0), taking the
+    /// inputs of the blocks before it from `prefix`.
+    fn run_batch(
+        &self,
+        m: &Llama,
+        b: usize,
+        first: usize,
+        prefix: Option<&[Tensor]>,
+    ) -> Result<CachedBatch> {
+        let n_layers = self.reference.n_layers();
+        let chunk = self.batch_windows(b);
+        let mut hidden: Vec<Tensor> = Vec::with_capacity(n_layers + 1);
+        let mut h = match prefix {
+            Some(p) if first > 0 => {
+                hidden.extend(p[..first].iter().cloned());
+                p[first].clone()
+            }
+            _ => {
+                let refs: Vec<&[u32]> = chunk.iter().map(|w| w.tokens.as_slice()).collect();
+                m.embed_batch(&refs)?
+            }
+        };
+        let first = if prefix.is_some() { first } else { 0 };
+        for l in first..n_layers {
+            hidden.push(h.clone());
+            h = m.block_forward(l, &h, None)?;
+        }
+        hidden.push(h.clone());
+        let (kl_sum, rows) = self.batch_kl(m, &h, chunk)?;
+        Ok(CachedBatch {
             hidden,
-            kl: total / rows.max(1) as f64,
+            kl_sum,
+            rows,
         })
     }
 
@@ -300,6 +425,46 @@ impl Evaluator {
                 progress(done, total);
             }
             table.push(row);
+        }
+        Ok(table)
+    }
+
+    /// The per-unit table from one model call per unit: `table[u][l] = KL(u, 0) ·
+    /// e[u][l] / e[u][0]`, with `e` the levels' relative output errors. For small
+    /// perturbations the KL divergence is a quadratic form in the output change, so it
+    /// scales with the layer's output error between levels of one tensor; only the
+    /// tensors' different sensitivities need a model run (at their lowest level, where
+    /// the KL signal is strongest).
+    pub fn unit_table_scaled(
+        &self,
+        stage: usize,
+        output_errors: &[Vec<f64>],
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Vec<Vec<f64>>> {
+        if output_errors.len() != self.units.len()
+            || output_errors
+                .iter()
+                .zip(&self.weights)
+                .any(|(e, w)| e.len() != w.len())
+        {
+            return Err(CompressError::Invariant(
+                "output errors do not match the level database".into(),
+            ));
+        }
+        let base: Choice = vec![None; self.units.len()];
+        let mut table = Vec::with_capacity(self.units.len());
+        for (u, errs) in output_errors.iter().enumerate() {
+            let mut c = base.clone();
+            c[u] = Some(0);
+            let kl0 = self.kl(stage, &c, &base)?;
+            let row: Vec<f64> = if errs[0] > 0.0 && errs[0].is_finite() {
+                errs.iter().map(|&e| kl0 * e / errs[0]).collect()
+            } else {
+                // A lossless lowest level: every level is lossless.
+                vec![kl0; errs.len()]
+            };
+            table.push(row);
+            progress(u + 1, self.units.len());
         }
         Ok(table)
     }
@@ -402,6 +567,11 @@ fn kl_row(x: &[f32], p: &[f32], plogp: f64) -> f64 {
 impl Fitness for Evaluator {
     fn n_stages(&self) -> usize {
         self.stage_windows.len()
+    }
+
+    fn begin_generation(&self, generation: usize) {
+        self.round
+            .store(generation, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn evaluate(

@@ -119,20 +119,57 @@ pub struct SearchOptions {
     /// Keep only the reference's `k` most likely tokens per position (memory
     /// bound; the fitness becomes a lower bound of the KL divergence).
     pub kl_top_k: Option<usize>,
+    /// How the DP baseline's per-unit errors are measured.
+    pub unit_errors: UnitErrors,
+    /// Guide half of EvoPress's level switches by the per-unit error table.
+    pub guided: bool,
+}
+
+/// The per-unit error table of the dynamic-programming baseline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UnitErrors {
+    /// KL of every (unit, level) pair: one model call per level.
+    Kl,
+    /// KL of every unit at its lowest level, scaled to the other levels by their
+    /// output errors: one model call per unit.
+    #[default]
+    Scaled,
+}
+
+impl std::str::FromStr for UnitErrors {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "kl" => Ok(UnitErrors::Kl),
+            "scaled" => Ok(UnitErrors::Scaled),
+            _ => Err(format!("unknown unit-error table {s:?} (kl or scaled)")),
+        }
+    }
+}
+
+impl std::fmt::Display for UnitErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UnitErrors::Kl => "kl",
+            UnitErrors::Scaled => "scaled",
+        })
+    }
 }
 
 impl Default for SearchOptions {
     fn default() -> Self {
         SearchOptions {
-            generations: 50,
+            generations: 10,
             offspring: 8,
-            stage_windows: vec![1, 4],
-            survivors: vec![2],
+            stage_windows: vec![1, 4, 8],
+            survivors: vec![2, 1],
             max_switches: 3,
             seed: 0,
             random_samples: 16,
             batch: 1,
             kl_top_k: None,
+            unit_errors: UnitErrors::Scaled,
+            guided: true,
         }
     }
 }
@@ -271,7 +308,13 @@ pub struct Report {
     pub bpw_params: u64,
     pub achievable_bytes: (u64, u64),
     pub db: PathBuf,
+    /// Calibration tokens scored at each selection stage.
     pub fitness_tokens: Vec<usize>,
+    pub offspring: usize,
+    pub survivors: Vec<usize>,
+    /// The DP baseline's per-unit error table (`kl` or `scaled`).
+    pub unit_errors: String,
+    pub guided: bool,
     pub evopress_start: String,
     pub curve: Vec<tersor_search::GenerationRecord>,
     pub evaluations: Vec<usize>,
@@ -365,10 +408,15 @@ pub fn run(opts: &CompressOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
         "heuristic".into(),
         baselines::heuristic(&problem, &units, n_layers, tied),
     ));
-    let kl_table = unit_kl_table(&db, &eval, &db_dir, &stage_windows, progress)?;
+    let kl_table = unit_kl_table(&db, &eval, &db_dir, &stage_windows, s.unit_errors, progress)?;
     allocs.push((
         "dp".into(),
         tersor_search::dp(&problem, &kl_table, 100_000)?,
+    ));
+    // L-GreCo's layer-local variant: the summed relative output errors, no model run.
+    allocs.push((
+        "dp-output".into(),
+        tersor_search::dp(&problem, &output_errors(&db, eval.units())?, 100_000)?,
     ));
     if s.random_samples > 0 {
         let (a, _) = tersor_search::random_best(&problem, s.random_samples, &eval, 0, s.seed)?;
@@ -410,15 +458,23 @@ pub fn run(opts: &CompressOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
         seed: s.seed,
     };
     let total = s.generations;
-    let state = tersor_search::evopress(&problem, &eval, &cfg, start, &mut |st: &EvoState| {
-        st.save(&ckpt)?;
-        progress(Event::Generation {
-            done: st.generation,
-            total,
-            fitness: st.parent_fitness,
-        });
-        Ok(())
-    })?;
+    let guide = s.guided.then_some(kl_table.as_slice());
+    let state = tersor_search::evopress_guided(
+        &problem,
+        &eval,
+        &cfg,
+        guide,
+        start,
+        &mut |st: &EvoState| {
+            st.save(&ckpt)?;
+            progress(Event::Generation {
+                done: st.generation,
+                total,
+                fitness: st.parent_fitness,
+            });
+            Ok(())
+        },
+    )?;
     let seconds_search = t2.elapsed().as_secs_f64();
     allocs.insert(0, ("evopress".into(), state.parent.clone()));
     fits.insert(0, state.parent_fitness);
@@ -516,6 +572,10 @@ pub fn run(opts: &CompressOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
         fitness_tokens: (0..stage_windows.len())
             .map(|s| eval.stage_tokens(s))
             .collect(),
+        offspring: s.offspring,
+        survivors: s.survivors.clone(),
+        unit_errors: s.unit_errors.to_string(),
+        guided: s.guided,
         evopress_start: allocs[best + 1].0.clone(),
         curve: state.curve.clone(),
         evaluations: eval.evaluations(),
@@ -563,13 +623,14 @@ fn problem_for(
     })
 }
 
-/// Per-unit KL at stage 0, cached beside the database (keyed by the database and
-/// the fitness windows).
+/// Per-unit KL at stage 0, cached beside the database (keyed by the database, the
+/// fitness windows and the table kind).
 fn unit_kl_table(
     db: &LevelDb,
     eval: &Evaluator,
     dir: &Path,
     stage_windows: &[usize],
+    kind: UnitErrors,
     progress: &(dyn Fn(Event) + Sync),
 ) -> Result<Vec<Vec<f64>>> {
     #[derive(Serialize, serde::Deserialize)]
@@ -578,7 +639,10 @@ fn unit_kl_table(
         table: Vec<Vec<f64>>,
     }
     let key = format!("{} windows {}", db.key(), stage_windows[0]);
-    let path = dir.join("unit_kl.json");
+    let path = dir.join(match kind {
+        UnitErrors::Kl => "unit_kl.json",
+        UnitErrors::Scaled => "unit_kl_scaled.json",
+    });
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(c) = serde_json::from_str::<Cached>(&text) {
             let shape_ok = c.table.len() == eval.units().len()
@@ -591,7 +655,13 @@ fn unit_kl_table(
             }
         }
     }
-    let table = eval.unit_table(0, &|done, total| progress(Event::UnitKl { done, total }))?;
+    let report = |done, total| progress(Event::UnitKl { done, total });
+    let table = match kind {
+        UnitErrors::Kl => eval.unit_table(0, &report)?,
+        UnitErrors::Scaled => {
+            eval.unit_table_scaled(0, &output_errors(db, eval.units())?, &report)?
+        }
+    };
     let text = serde_json::to_string(&Cached {
         key,
         table: table.clone(),
@@ -599,6 +669,23 @@ fn unit_kl_table(
     .map_err(|e| CompressError::Invariant(e.to_string()))?;
     tersor_levels::atomic_write(&path, text.as_bytes())?;
     Ok(table)
+}
+
+/// The levels' relative output errors `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`, in unit order.
+fn output_errors(db: &LevelDb, units: &[units::Unit]) -> Result<Vec<Vec<f64>>> {
+    units
+        .iter()
+        .map(|u| {
+            let t = db.find(&u.name).ok_or_else(|| {
+                CompressError::Invariant(format!("{} is not in the level database", u.name))
+            })?;
+            Ok(db.tensors()[t]
+                .levels
+                .iter()
+                .map(|l| l.output_error)
+                .collect())
+        })
+        .collect()
 }
 
 fn evaluate(

@@ -41,6 +41,8 @@ fn options(dir: &Path, input: &Path, format: Format, budget: Budget) -> Compress
             random_samples: 4,
             batch: 2,
             kl_top_k: None,
+            unit_errors: Default::default(),
+            guided: true,
         },
         resume: false,
         baselines_dir: Some(dir.join("baselines")),
@@ -237,4 +239,83 @@ fn gptq_mixed_bits_checkpoint_loads_as_searched() {
     assert!(d < 2e-2, "max |Δlogit| {d}");
     let cfg = std::fs::read_to_string(opts.output.join("config.json")).unwrap();
     assert!(cfg.contains("\"dynamic\""), "{cfg}");
+}
+
+/// The fitness's caches (the base's hidden states, candidates' states reused when one
+/// becomes the base or is scored again at a later stage) change no value: every score
+/// equals a fresh evaluator's full forward pass of the candidate, bit for bit.
+#[test]
+fn cached_fitness_equals_a_full_forward_pass() {
+    use tersor_compress::fitness::{Choice, Evaluator};
+    use tersor_search::Fitness;
+    let dir = TempDir::new("compress-cache");
+    let input = dir.path().join("tiny.gguf");
+    TinyLlama::default().write_gguf(&input);
+    let mut opts = options(dir.path(), &input, Format::Gguf, Budget::Bpw(5.0));
+    opts.search.generations = 0;
+    opts.search.random_samples = 0;
+    opts.eval = None;
+    opts.baselines_dir = None;
+    let (r, _) = run(&opts);
+    let db = LevelDb::open(&r.db).unwrap();
+    let model = llama(&input);
+    let units = tersor_compress::units::units(&model, Format::Gguf, None).unwrap();
+    let windows: Vec<Vec<u32>> = (0..5u32)
+        .map(|w| (0..24).map(|i| (w * 37 + i * 11) % 200 + 1).collect())
+        .collect();
+    let evaluator = |batch| {
+        Evaluator::new(
+            model.clone(),
+            units.clone(),
+            &db,
+            windows.clone(),
+            vec![1, 2, 5],
+            batch,
+            None,
+        )
+        .unwrap()
+    };
+    let n = units.len();
+    let reference: Choice = vec![None; n];
+    let mut c1 = reference.clone();
+    c1[n / 2] = Some(0);
+    let mut c2 = c1.clone();
+    c2[n - 1] = Some(0);
+    let mut c3 = c1.clone();
+    c3[0] = Some(0);
+    // (generation, stage, candidate, base): generations' patterns, the winner becoming
+    // the base; early stages score other windows in each generation.
+    let calls = [
+        (0, 0, &c1, &reference),
+        (0, 1, &c1, &reference),
+        (0, 2, &c1, &reference),
+        (1, 0, &c2, &c1),
+        (1, 0, &c3, &c1),
+        (1, 1, &c3, &c1),
+        (1, 2, &c3, &c1),
+        (2, 0, &c2, &c3),
+        (2, 1, &c2, &c3),
+        (2, 2, &c1, &c3),
+        (3, 1, &c3, &c3),
+        (4, 0, &c2, &c3),
+    ];
+    for batch in [1, 2] {
+        let cached = evaluator(batch);
+        let mut seen = std::collections::HashSet::new();
+        for &(generation, stage, c, base) in &calls {
+            cached.begin_generation(generation);
+            let got = cached.kl(stage, c, base).unwrap();
+            let fresh = evaluator(batch);
+            fresh.begin_generation(generation);
+            let want = fresh.kl(stage, c, c).unwrap();
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "stage {stage}, batch {batch}"
+            );
+            seen.insert((stage, got.to_bits()));
+        }
+        // The rotation changes what the early stages score.
+        assert!(seen.iter().filter(|(s, _)| *s == 0).count() >= 3);
+    }
 }

@@ -48,6 +48,8 @@ fn default_lm_budget_and_gguf_py_decoding() {
             random_samples: 2,
             batch: 1,
             kl_top_k: None,
+            unit_errors: Default::default(),
+            guided: true,
         },
         resume: false,
         baselines_dir: None,

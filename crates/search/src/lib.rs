@@ -22,7 +22,7 @@ mod testutil;
 
 pub use baselines::{greedy_topup, random_assignment, random_best, random_topup, repair, uniform};
 pub use dp::{dp, DEFAULT_RESOLUTION};
-pub use evopress::{evopress, EvoConfig, EvoStart, EvoState, GenerationRecord};
+pub use evopress::{evopress, evopress_guided, EvoConfig, EvoStart, EvoState, GenerationRecord};
 
 use std::path::PathBuf;
 
@@ -236,6 +236,12 @@ impl Problem {
 /// mutations of `parent` (e.g. only re-quantize the units that differ).
 pub trait Fitness {
     fn n_stages(&self) -> usize;
+    /// Called by [`evopress`] before each generation (1-based, counting a resumed run's
+    /// earlier ones). A fitness may draw its early stages' data afresh per generation,
+    /// as EvoPress samples new calibration data, so that the cheap stages do not always
+    /// favour the same few tokens; its last stage must stay fixed, since the parent's
+    /// last-stage value is compared across generations.
+    fn begin_generation(&self, _generation: usize) {}
     fn evaluate(
         &self,
         stage: usize,
