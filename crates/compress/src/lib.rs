@@ -481,7 +481,8 @@ pub fn run(opts: &CompressOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
 
     // Write and evaluate.
     let t3 = Instant::now();
-    let mut methods = Vec::new();
+    let reference = MemoLm::new(&model);
+    let mut methods: Vec<MethodResult> = Vec::new();
     for (i, (name, a)) in allocs.iter().enumerate() {
         let path = if i == 0 {
             Some(opts.output.clone())
@@ -502,11 +503,17 @@ pub fn run(opts: &CompressOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
             }
         }
         let figures = match &opts.eval {
+            // An allocation equal to one already scored (EvoPress that kept its start)
+            // has its figures.
+            Some(_) if allocs[..i].iter().any(|(_, b)| b == a) => {
+                let j = allocs[..i].iter().position(|(_, b)| b == a).expect("found");
+                methods[j].eval.clone()
+            }
             Some((text, chunks)) => {
                 progress(Event::Eval { name: name.clone() });
                 Some(evaluate(
                     &eval,
-                    &model,
+                    &reference,
                     &tokenizer,
                     a,
                     text,
@@ -688,9 +695,51 @@ fn output_errors(db: &LevelDb, units: &[units::Unit]) -> Result<Vec<Vec<f64>>> {
         .collect()
 }
 
+/// The reference model for the evaluation of every allocation: its logits are the
+/// same for each, so they are computed once per window and kept.
+struct MemoLm<'a> {
+    model: &'a tersor_model::Llama,
+    memo: std::sync::Mutex<std::collections::HashMap<LogitsKey, Vec<f32>>>,
+}
+
+/// A `logits` call: its windows and first scored position.
+type LogitsKey = (Vec<Vec<u32>>, usize);
+
+impl<'a> MemoLm<'a> {
+    fn new(model: &'a tersor_model::Llama) -> Self {
+        MemoLm {
+            model,
+            memo: Default::default(),
+        }
+    }
+}
+
+impl tersor_eval::CausalLm for MemoLm<'_> {
+    fn vocab_size(&self) -> usize {
+        tersor_eval::CausalLm::vocab_size(self.model)
+    }
+
+    fn logits(
+        &self,
+        windows: &[&[u32]],
+        from: usize,
+    ) -> std::result::Result<Vec<f32>, tersor_eval::BoxError> {
+        let key = (windows.iter().map(|w| w.to_vec()).collect(), from);
+        if let Some(l) = self.memo.lock().expect("not poisoned").get(&key) {
+            return Ok(l.clone());
+        }
+        let l = self.model.logits(windows, from)?;
+        self.memo
+            .lock()
+            .expect("not poisoned")
+            .insert(key, l.clone());
+        Ok(l)
+    }
+}
+
 fn evaluate(
     eval: &Evaluator,
-    reference: &tersor_model::Llama,
+    reference: &MemoLm<'_>,
     tokenizer: &TextTokenizer,
     a: &Assignment,
     text: &Path,
