@@ -10,7 +10,8 @@
 # LM) and a fresh level database. The other rows reuse that database and change one
 # setting: the last selection stage's windows (`--stage-windows`, 512 tokens each) or
 # `--offspring`; they run VARIANT_GENERATIONS generations (default 3) and report seconds
-# per generation. THREADS (default 2). Rows are cached in bench/out/compress_time.
+# per generation. THREADS (default 2); ROWS (run only the first ROWS rows). Rows are cached
+# in bench/out/compress_time.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -28,13 +29,15 @@ tersor="$root/target/release/tersor"
 # name|extra arguments
 variants=(
     "default|"
-    "last stage 4 windows (2,048 tokens)|--stage-windows 1,4 --survivors 2 --generations $gens"
-    "last stage 8 windows (4,096 tokens)|--stage-windows 1,4,8 --survivors 2,1 --generations $gens"
-    "last stage 16 windows (8,192 tokens)|--stage-windows 1,4,16 --survivors 2,1 --generations $gens"
-    "offspring 4|--offspring 4 --generations $gens"
-    "offspring 16|--offspring 16 --generations $gens"
+    "last stage 4 windows (2,048 tokens)|--stage-windows 1,4 --survivors 2 --generations $gens --eval-chunks 0"
+    "last stage 8 windows (4,096 tokens)|--stage-windows 1,4,8 --survivors 2,1 --generations $gens --eval-chunks 0"
+    "last stage 16 windows (8,192 tokens)|--stage-windows 1,4,16 --survivors 2,1 --generations $gens --eval-chunks 0"
+    "offspring 4|--offspring 4 --generations $gens --eval-chunks 0"
+    "offspring 16|--offspring 16 --generations $gens --eval-chunks 0"
 )
+rows="${ROWS:-${#variants[@]}}"
 for i in "${!variants[@]}"; do
+    (( i < rows )) || break
     IFS='|' read -r name extra <<< "${variants[$i]}"
     d="$out_dir/v$i"
     mkdir -p "$d"
@@ -61,7 +64,7 @@ lines = [
     f"load at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}); --threads {threads}.",
     "Job: the default LM to a 5.25 bpw GGUF. `database`: level database build (GPTQ, 8,192 calibration tokens); `baselines`:",
     "DP's per-tensor table plus scoring every baseline on the last stage; `s/generation`: search seconds / generations.",
-    "Rows after the first reuse the first row's database and per-tensor table and change one setting.",
+    "Rows after the first reuse the first row's database and per-tensor table and change one setting (no evaluation on the eval split).",
     "",
     "| run | stage windows | offspring | generations | database s | baselines s | search s | s/generation | evaluation s | wall s |",
     "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
