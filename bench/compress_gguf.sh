@@ -6,7 +6,8 @@
 #
 # For each target (TARGETS, default "4.75 5.25 5.5 6.25" bits per weight of the whole
 # file) `tersor compress` builds (once) the level database of the default LM, searches,
-# and writes EvoPress's file and every baseline's (uniform, heuristic, dp, random-best).
+# and writes EvoPress's file and every baseline's (uniform, heuristic, dp, dp-output,
+# random-best).
 # Every file, and llama-quantize --imatrix files of the presets Q2_K, IQ4_NL, Q3_K_M,
 # Q4_K_M and IQ4_NL with an IQ4_NL embedding, is scored by the same tool:
 # llama-perplexity -c 512 on the Botchan evaluation split, KL divergence against the F32

@@ -8,7 +8,7 @@
 # For each target (TARGETS, default "2.5 3.0 3.5 4.0") `tersor compress --format gptq`
 # builds (once) the level database (GPTQ at bits {2,3,4,8} x groups {32,64,128}),
 # searches, writes EvoPress's checkpoint and every baseline's (uniform, heuristic, dp,
-# random-best), and scores each one itself: perplexity and mean KL divergence against
+# dp-output, random-best), and scores each one itself: perplexity and mean KL divergence against
 # the f32 reference on the Botchan evaluation split, ctx 512, first CHUNKS windows
 # (default 8), the protocol of bench/gptq_table.sh. The uniform GPTQ rows it compares
 # with come from bench/results/gptq_table.md (same protocol, same calibration; run
