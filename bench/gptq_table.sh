@@ -7,7 +7,7 @@
 # Each configuration (SPECS, default "gptq:4:g128 gptq:3:g128 gptq:3:g64 gptq:2:g64
 # gptq:2:g64:asym"; GPTQModel's default is symmetric, the GPTQ paper's min-max grid asymmetric)
 # is quantized by `tersor quantize` with each method (METHODS, default
-# "rtn gptq awq+gptq") to a GPTQ checkpoint directory, then scored by `tersor eval`
+# "rtn gptq awq+gptq"; rows already measured for other methods stay in the table) to a GPTQ checkpoint directory, then scored by `tersor eval`
 # against the f32 reference (the default LM dequantized): perplexity and mean KL
 # divergence on the Botchan evaluation split, ctx 512, first 32 windows (8,160
 # scored tokens; CHUNKS changes the window count), llama-perplexity's protocol. Calibration: the Botchan calibration
@@ -56,14 +56,16 @@ write_table() {
     } > "$result.tmp" && mv "$result.tmp" "$result"
 }
 rows=()
+# Every method's cached row is kept in the table; only the METHODS ones are computed.
 for spec in $specs; do
-    for m in $methods; do
+    for m in rtn gptq awq+gptq; do
         tag="$(echo "$spec.$m" | tr ':+' '_p')"
         out="$out_dir/$tag"
         # Rows already measured are reused: delete bench/out/gptq_table to redo them.
         if [[ -s "$out.c$chunks.row" ]]; then
             rows+=("$(cat "$out.c$chunks.row")"); write_table; continue
         fi
+        [[ " $methods " == *" $m "* ]] || continue
         t0="$(now)"
         # A finished checkpoint (same spec and method) is not quantized again.
         if [[ ! -s "$out/config.json" || ! -s "$out_dir/$tag.quantize.json" ]]; then

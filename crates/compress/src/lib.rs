@@ -502,14 +502,12 @@ pub fn run(opts: &CompressOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
                 )));
             }
         }
-        let figures = match &opts.eval {
-            // An allocation equal to one already scored (EvoPress that kept its start)
-            // has its figures.
-            Some(_) if allocs[..i].iter().any(|(_, b)| b == a) => {
-                let j = allocs[..i].iter().position(|(_, b)| b == a).expect("found");
-                methods[j].eval.clone()
-            }
-            Some((text, chunks)) => {
+        // An allocation equal to one already scored (EvoPress that kept its start) has
+        // its figures.
+        let earlier = allocs[..i].iter().position(|(_, b)| b == a);
+        let figures = match (&opts.eval, earlier) {
+            (Some(_), Some(j)) => methods[j].eval.clone(),
+            (Some((text, chunks)), None) => {
                 progress(Event::Eval { name: name.clone() });
                 Some(evaluate(
                     &eval,
@@ -521,7 +519,7 @@ pub fn run(opts: &CompressOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
                     opts.calib.ctx,
                 )?)
             }
-            None => None,
+            (None, _) => None,
         };
         let bytes = problem.cost(a);
         methods.push(MethodResult {

@@ -63,7 +63,7 @@ pub fn rtn<G: Grid>(
 /// a positive group size (the last group of a row may be partial: GPTQ checkpoints allow
 /// `cols % group_size != 0`, e.g. groups of 128 on rows of 576; ggml grids check their
 /// own block alignment), every weight finite (the error names the first bad element).
-pub(crate) fn check_layer(w: &[f32], rows: usize, cols: usize, group_size: usize) -> Result<()> {
+pub fn check_layer(w: &[f32], rows: usize, cols: usize, group_size: usize) -> Result<()> {
     if rows == 0 || cols == 0 {
         return Err(QuantError::Shape(format!(
             "empty weight matrix [{rows}, {cols}]"
