@@ -12,6 +12,7 @@ mod cmd_compress;
 mod cmd_eval;
 mod cmd_fetch;
 mod cmd_inspect;
+mod cmd_prune;
 mod cmd_quantize;
 
 /// tersor: compress neural networks (GGUF / safetensors) and measure what
@@ -39,6 +40,9 @@ enum Command {
     /// Quantize a model to llama.cpp's types (GGUF) or the GPTQ format (RTN,
     /// imatrix, GPTQ, AWQ).
     Quantize(cmd_quantize::QuantizeArgs),
+    /// Prune a model (magnitude, Wanda, SparseGPT; unstructured or N:M) to a
+    /// dense Hugging Face directory.
+    Prune(cmd_prune::PruneArgs),
     /// Find the per-tensor compression that loses the least at a size budget
     /// (EvoPress over a level database), beside uniform, heuristic, DP and random
     /// baselines; with no arguments, the default LM to a 5.25 bpw GGUF.
@@ -66,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(args) => cmd_inspect::run(args),
         Command::Eval(args) => cmd_eval::run(args),
         Command::Quantize(args) => cmd_quantize::run(args),
+        Command::Prune(args) => cmd_prune::run(args),
         Command::Compress(args) => cmd_compress::run(Box::new(args)),
     }
 }

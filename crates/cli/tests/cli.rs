@@ -476,3 +476,68 @@ fn compress_killed_mid_search_resumes_to_the_same_result() {
     assert!(calls(&c) < calls(&w), "{} vs {}", calls(&c), calls(&w));
     assert_eq!(std::fs::read(&whole).unwrap(), std::fs::read(&cut).unwrap());
 }
+
+#[test]
+fn prune_default_lm_to_two_of_four() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pruned");
+    let lm = default_lm();
+    // Magnitude needs no calibration: the fast path through the whole job on real weights.
+    let v = json(&[
+        "prune",
+        s(&lm),
+        "--pattern",
+        "2:4",
+        "--method",
+        "magnitude",
+        "-o",
+        s(&out),
+        "--json",
+        "-q",
+    ]);
+    // 30 blocks × (2·576² + 2·576·192 + 3·576·1536) weights, from the model's config.
+    let linear_params = 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536);
+    assert_eq!(v["linear_params"], linear_params);
+    // Half the linears' weights are removed; a few hundred kept ones were already zero
+    // (the reference weights are Q4_1 codes, and q·d + m can be exactly 0).
+    let zeros = v["linear_zeros"].as_u64().unwrap();
+    assert!(
+        zeros >= linear_params / 2 && zeros < linear_params / 2 + 10_000,
+        "{zeros}"
+    );
+    assert_eq!(v["params"], LM_PARAMS);
+    // f16 everywhere, so the dense directory holds 2 bytes per parameter plus headers;
+    // 2:4 stores half the linears' values and 2 index bits per kept one.
+    let dense = 2 * LM_PARAMS;
+    let file_bytes = v["file_bytes"].as_u64().unwrap();
+    assert!(
+        file_bytes > dense && file_bytes < dense + 4_000_000,
+        "{file_bytes}"
+    );
+    assert_eq!(
+        v["sparse_bytes"],
+        dense - linear_params + linear_params / 2 / 4
+    );
+    // The directory is a checkpoint tersor reads back: every parameter, no quantization.
+    let r = json(&["inspect", s(&out), "--json"]);
+    assert_eq!(r["parameters"], LM_PARAMS);
+
+    // Usage errors name the problem, and nothing is written.
+    let bad = dir.path().join("bad");
+    for (args, want) in [
+        (vec!["--sparsity", "0.5", "--pattern", "2:4"], "not both"),
+        (vec!["--sparsity", "1.5"], "bad sparsity pattern"),
+        (vec!["--pattern", "0.5"], "--pattern takes N:M"),
+        (
+            vec!["--pattern", "2:4", "--method", "obs"],
+            "unknown pruning method",
+        ),
+    ] {
+        let mut a = vec!["prune", s(&lm), "-o", s(&bad), "-q"];
+        a.extend(args);
+        let o = tersor(&a);
+        assert_eq!(o.status.code(), Some(1), "{a:?}");
+        assert!(stderr(&o).contains(want), "{a:?}: {}", stderr(&o));
+    }
+    assert!(!bad.exists());
+}

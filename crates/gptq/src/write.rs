@@ -44,9 +44,11 @@ struct Entry {
     bytes: Vec<u8>,
 }
 
-/// Collects the tensors of a GPTQ checkpoint and writes the directory.
+/// Collects the tensors of a GPTQ checkpoint (or, from [`GptqWriter::dense`], of a plain
+/// float one) and writes the directory.
 pub struct GptqWriter {
-    config: QuantizationConfig,
+    /// `None`: a dense checkpoint (no quantized module, no `quantization_config`).
+    config: Option<QuantizationConfig>,
     tensors: Vec<Entry>,
     names: HashSet<String>,
     /// Quantized module prefixes and their settings.
@@ -64,13 +66,26 @@ impl GptqWriter {
     pub fn new(config: QuantizationConfig) -> Result<Self> {
         config.validate()?;
         Ok(Self {
-            config,
+            config: Some(config),
             tensors: Vec::new(),
             names: HashSet::new(),
             quantized: BTreeMap::new(),
             files: Vec::new(),
             max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
         })
+    }
+
+    /// A writer for a plain Hugging Face checkpoint: float tensors only (pruned or
+    /// factored models), `config.json` without `quantization_config`.
+    pub fn dense() -> Self {
+        Self {
+            config: None,
+            tensors: Vec::new(),
+            names: HashSet::new(),
+            quantized: BTreeMap::new(),
+            files: Vec::new(),
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+        }
     }
 
     /// Split the weights into shards of at most `n` bytes of tensor data (a larger
@@ -80,9 +95,9 @@ impl GptqWriter {
         self
     }
 
-    /// The configuration being written.
-    pub fn config(&self) -> &QuantizationConfig {
-        &self.config
+    /// The quantization configuration being written (`None` for a dense checkpoint).
+    pub fn config(&self) -> Option<&QuantizationConfig> {
+        self.config.as_ref()
     }
 
     fn push(&mut self, name: String, dtype: Dtype, shape: Vec<usize>, bytes: Vec<u8>) {
@@ -110,7 +125,12 @@ impl GptqWriter {
     /// checkpoints, so a different zero would decode differently there).
     pub fn add_quantized(&mut self, module: &str, layer: &QuantizedLinear) -> Result<()> {
         let ctx = |e: GptqError| GptqError::invalid(format!("GPTQ module `{module}`: {e}"));
-        let q = self.config.resolve(module).ok_or_else(|| {
+        let config = self.config.as_ref().ok_or_else(|| {
+            GptqError::invalid(format!(
+                "GPTQ module `{module}`: a dense checkpoint holds no quantized modules"
+            ))
+        })?;
+        let q = config.resolve(module).ok_or_else(|| {
             GptqError::invalid(format!(
                 "GPTQ module `{module}`: the quantization config's `dynamic` rules exclude it \
                  (`-:` pattern); add it as a plain tensor instead"
@@ -285,7 +305,7 @@ impl GptqWriter {
         let base = hf_config.as_object().ok_or_else(|| {
             GptqError::invalid("the model config must be a JSON object (config.json)")
         })?;
-        if self.quantized.is_empty() {
+        if self.config.is_some() && self.quantized.is_empty() {
             return Err(GptqError::invalid(
                 "no quantized module was added: a GPTQ checkpoint needs at least one",
             ));
@@ -330,12 +350,27 @@ impl GptqWriter {
         for (name, contents) in &self.files {
             atomic_write(&dir.join(name), contents.as_bytes())?;
         }
-        let qc = self.config.to_json_string();
-        atomic_write(&dir.join("quantize_config.json"), qc.as_bytes())?;
-        let text = serde_json::to_string_pretty(&WithQuant {
-            base,
-            quant: &self.config,
-        })
+        let qc_path = dir.join("quantize_config.json");
+        let text = match &self.config {
+            Some(config) => {
+                atomic_write(&qc_path, config.to_json_string().as_bytes())?;
+                serde_json::to_string_pretty(&WithQuant {
+                    base,
+                    quant: config,
+                })
+            }
+            None => {
+                // A stale GPTQ sidecar would make loaders treat the weights as quantized.
+                match std::fs::remove_file(&qc_path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(GptqError::io(&qc_path, e)),
+                }
+                let mut plain = base.clone();
+                plain.remove("quantization_config");
+                serde_json::to_string_pretty(&plain)
+            }
+        }
         .expect("config serializes to JSON");
         atomic_write(&cfg_path, text.as_bytes())
     }

@@ -249,3 +249,39 @@ fn llama_config_fields() {
     .contains("rms_norm_eps"));
     assert!(err(LlamaHfConfig { vocab_size: 0, ..c }).contains("vocab_size is 0"));
 }
+
+#[test]
+fn a_dense_checkpoint_has_no_quantization_config_and_replaces_a_gptq_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ckpt");
+    let base = json!({"model_type": "llama", "quantization_config": {"bits": 4}});
+    // First a GPTQ checkpoint in the directory...
+    let mut rng = Rng::new(3);
+    let mut q = GptqWriter::new(config()).unwrap();
+    q.add_quantized("m.a", &random_layer(&mut rng, spec(4, true, false)))
+        .unwrap();
+    q.write(&out, &base).unwrap();
+    assert!(out.join("quantize_config.json").is_file());
+    // ...then a dense one over it: no sidecar, no quantization_config, plain floats.
+    let mut d = GptqWriter::dense();
+    assert!(d.config().is_none());
+    let e = d
+        .add_quantized("m.a", &random_layer(&mut rng, spec(4, true, false)))
+        .unwrap_err();
+    assert!(e.to_string().contains("dense checkpoint"), "{e}");
+    d.add_tensor(
+        "m.a.weight",
+        &[2, 2],
+        &[1.0, 0.0, 0.0, -2.5],
+        FloatDtype::F32,
+    )
+    .unwrap();
+    d.write(&out, &base).unwrap();
+    assert!(!out.join("quantize_config.json").exists());
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg, json!({"model_type": "llama"}));
+    let st = SafetensorsModel::open(&out).unwrap();
+    assert_eq!(st.to_f32("m.a.weight").unwrap(), vec![1.0, 0.0, 0.0, -2.5]);
+    assert_eq!(st.names(), vec!["m.a.weight"]);
+}

@@ -83,15 +83,8 @@ pub fn write_gptq_dir<'p>(
     payload: &dyn Fn(usize, LinearKind) -> Option<&'p Payload>,
 ) -> Result<Vec<TensorSummary>> {
     let spec = dir.base;
-    let c = model.config().clone();
     let from_gguf = !dir.input.is_dir();
-    if from_gguf && c.rope_scaling != RopeScaling::None {
-        return Err(QuantizeError::Input {
-            path: dir.input.clone(),
-            msg: "GGUF inputs with RoPE scaling cannot be exported to a Hugging Face config yet"
-                .into(),
-        });
-    }
+    check_hf_exportable(&dir.input, model)?;
     let hf = TensorNaming::HuggingFace;
     let module_of = |l: usize, kind: LinearKind| {
         let m = hf.linear(l, kind, "weight");
@@ -140,46 +133,9 @@ pub fn write_gptq_dir<'p>(
         ),
     };
     let mut w = GptqWriter::new(qcfg)?;
-    let mut summary = Vec::new();
-    let f32_of =
-        |t: &candle_core::Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
-
-    let mut float = |w: &mut GptqWriter, name: &str, shape: &[usize], data: &[f32]| -> Result<()> {
-        w.add_tensor(name, shape, data, FloatDtype::F16)?;
-        summary.push(TensorSummary {
-            name: name.to_string(),
-            format: "F16".into(),
-            params: data.len() as u64,
-            bytes: data.len() as u64 * 2,
-            fallback_from: None,
-        });
-        Ok(())
-    };
-    let (vocab, d) = model.embedding().dims2()?;
-    float(&mut w, hf.embed(), &[vocab, d], &f32_of(model.embedding())?)?;
-    float(&mut w, hf.final_norm(), &[d], &f32_of(&norm_of(model)?)?)?;
-    if !c.tie_embeddings {
-        float(
-            &mut w,
-            hf.lm_head(),
-            &[vocab, d],
-            &f32_of(model.output_weight())?,
-        )?;
-    }
+    let mut summary = add_float_tensors(&mut w, model, FloatDtype::F16)?;
     let mut linears = Vec::new();
     for l in 0..model.n_layers() {
-        float(
-            &mut w,
-            &hf.attn_norm(l),
-            &[d],
-            &f32_of(model.norm_weight(l, true)?)?,
-        )?;
-        float(
-            &mut w,
-            &hf.ffn_norm(l),
-            &[d],
-            &f32_of(model.norm_weight(l, false)?)?,
-        )?;
         for kind in LinearKind::ALL {
             let out = payload(l, kind).ok_or_else(|| {
                 QuantizeError::Invariant(format!("block {l} {kind} was not quantized"))
@@ -200,13 +156,7 @@ pub fn write_gptq_dir<'p>(
             };
             let (rows, cols) = model.linear_weight(l, kind)?.dims2()?;
             let n_groups = cols.div_ceil(*group_size);
-            // Rows in HF order.
-            let row_map: Vec<usize> =
-                match (from_gguf && c.rope_style == RopeStyle::Interleaved, kind) {
-                    (true, LinearKind::Q) => hf_to_gguf_rows(rows, c.n_heads),
-                    (true, LinearKind::K) => hf_to_gguf_rows(rows, c.n_kv_heads),
-                    _ => (0..rows).collect(),
-                };
+            let row_map = hf_row_map(model, from_gguf, kind, rows);
             let mut q = QuantizedLinear {
                 bits: *bits as u8,
                 out_features: rows,
@@ -240,10 +190,89 @@ pub fn write_gptq_dir<'p>(
         }
     }
     summary.extend(linears);
+    let hf_config = hf_config_and_tokenizer(&dir.input, model, &mut w)?;
+    w.write(&dir.output, &hf_config)?;
+    Ok(summary)
+}
 
-    let hf_config = if from_gguf {
-        let gguf = GgufFile::open(&dir.input)?;
-        tokenizer_files_from_gguf(&gguf)?.add_to(&mut w)?;
+/// Fails early (before any work) for inputs whose config cannot be written as HF's.
+pub(crate) fn check_hf_exportable(input: &Path, model: &Llama) -> Result<()> {
+    if !input.is_dir() && model.config().rope_scaling != RopeScaling::None {
+        return Err(QuantizeError::Input {
+            path: input.to_path_buf(),
+            msg: "GGUF inputs with RoPE scaling cannot be exported to a Hugging Face config yet"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// For each HF row of block linear `kind`, its row in the model (llama.cpp's converter
+/// interleaves q/k rows for its RoPE; other inputs are already in HF order).
+pub(crate) fn hf_row_map(
+    model: &Llama,
+    from_gguf: bool,
+    kind: LinearKind,
+    rows: usize,
+) -> Vec<usize> {
+    let c = model.config();
+    match (from_gguf && c.rope_style == RopeStyle::Interleaved, kind) {
+        (true, LinearKind::Q) => hf_to_gguf_rows(rows, c.n_heads),
+        (true, LinearKind::K) => hf_to_gguf_rows(rows, c.n_kv_heads),
+        _ => (0..rows).collect(),
+    }
+}
+
+/// Adds the embedding, the norms and an untied head as `dtype` floats; returns their
+/// summaries.
+pub(crate) fn add_float_tensors(
+    w: &mut GptqWriter,
+    model: &Llama,
+    dtype: FloatDtype,
+) -> Result<Vec<TensorSummary>> {
+    let hf = TensorNaming::HuggingFace;
+    let (format, width) = match dtype {
+        FloatDtype::F16 => ("F16", 2),
+        FloatDtype::BF16 => ("BF16", 2),
+        FloatDtype::F32 => ("F32", 4),
+    };
+    let mut summary = Vec::new();
+    let mut float = |name: &str, shape: &[usize], t: &candle_core::Tensor| -> Result<()> {
+        let data = t.flatten_all()?.to_vec1::<f32>()?;
+        w.add_tensor(name, shape, &data, dtype)?;
+        summary.push(TensorSummary {
+            name: name.to_string(),
+            format: format.into(),
+            params: data.len() as u64,
+            bytes: data.len() as u64 * width,
+            fallback_from: None,
+        });
+        Ok(())
+    };
+    let (vocab, d) = model.embedding().dims2()?;
+    float(hf.embed(), &[vocab, d], model.embedding())?;
+    float(hf.final_norm(), &[d], &norm_of(model)?)?;
+    if !model.config().tie_embeddings {
+        float(hf.lm_head(), &[vocab, d], model.output_weight())?;
+    }
+    for l in 0..model.n_layers() {
+        float(&hf.attn_norm(l), &[d], model.norm_weight(l, true)?)?;
+        float(&hf.ffn_norm(l), &[d], model.norm_weight(l, false)?)?;
+    }
+    Ok(summary)
+}
+
+/// The HF `config.json` for `model` read from `input` (a GGUF's metadata or the input
+/// directory's own config), with the tokenizer files added to `w`.
+pub(crate) fn hf_config_and_tokenizer(
+    input: &Path,
+    model: &Llama,
+    w: &mut GptqWriter,
+) -> Result<Value> {
+    let c = model.config().clone();
+    let hf_config = if !input.is_dir() {
+        let gguf = GgufFile::open(input)?;
+        tokenizer_files_from_gguf(&gguf)?.add_to(w)?;
         let ctx = gguf
             .get_u64(&format!("{}.context_length", c.arch))
             .unwrap_or(2048) as usize;
@@ -264,8 +293,8 @@ pub fn write_gptq_dir<'p>(
             eos_token_id: get_id("tokenizer.ggml.eos_token_id"),
         })?
     } else {
-        copy_tokenizer_files(&dir.input, &mut w)?;
-        let p = dir.input.join("config.json");
+        copy_tokenizer_files(input, w)?;
+        let p = input.join("config.json");
         let text = std::fs::read_to_string(&p).map_err(|e| QuantizeError::Io {
             path: p.clone(),
             source: e,
@@ -280,8 +309,7 @@ pub fn write_gptq_dir<'p>(
         }
         v
     };
-    w.write(&dir.output, &hf_config)?;
-    Ok(summary)
+    Ok(hf_config)
 }
 
 /// The final norm (not exposed by name on `Llama`; read through the head's weights).

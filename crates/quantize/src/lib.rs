@@ -1,4 +1,5 @@
-//! tersor-quantize: the quantization job behind `tersor quantize`.
+//! tersor-quantize: the layer-wise compression jobs behind `tersor quantize` and (in
+//! [`prune`]) `tersor prune`.
 //!
 //! ```text
 //! MODEL (GGUF / HF dir) ─ tersor-model::load ─► Llama (f32) + tokenizer
@@ -20,11 +21,13 @@
 mod awq_fold;
 mod calib;
 mod collect;
+mod dense_out;
 mod error;
 mod gguf_out;
 pub mod gptq_out;
 mod layer;
 mod plan;
+pub mod prune;
 mod spec;
 
 use std::path::PathBuf;
@@ -37,6 +40,7 @@ use tersor_quant::gptq::GptqConfig;
 
 pub use calib::{CalibConfig, Calibration};
 pub use collect::{Collector, Site, SiteStats};
+pub use dense_out::write_dense_dir;
 pub use error::{QuantizeError, Result};
 pub use layer::{quantize_linear, LayerOut, LayerStats, LayerTarget, Payload};
 pub use plan::{Plan, PlannedTensor};
@@ -232,7 +236,7 @@ pub fn run(opts: &QuantizeOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     })
 }
 
-fn output_bytes(p: &std::path::Path) -> Result<u64> {
+pub(crate) fn output_bytes(p: &std::path::Path) -> Result<u64> {
     let io = |e| QuantizeError::Io {
         path: p.to_path_buf(),
         source: e,
@@ -260,7 +264,7 @@ pub(crate) struct Results {
     pub imatrix_meta: Option<(String, String, i32, i32)>,
 }
 
-fn tensor_vec(t: &Tensor) -> Result<(Vec<f32>, usize, usize)> {
+pub(crate) fn tensor_vec(t: &Tensor) -> Result<(Vec<f32>, usize, usize)> {
     let (r, c) = t.dims2()?;
     Ok((t.flatten_all()?.to_vec1::<f32>()?, r, c))
 }

@@ -1,0 +1,246 @@
+//! End-to-end runs of the pruning job on tiny synthetic Llamas: the written Hugging Face
+//! directory loads, holds exactly the requested sparsity or N:M pattern, reproduces the
+//! model at sparsity 0, and SparseGPT and Wanda lose less than magnitude pruning.
+
+use std::path::Path;
+
+use tersor_model::{LinearKind, LoadedModel};
+use tersor_quantize::prune::{run, FloatDtype, Pattern, PruneMethod, PruneOptions};
+use tersor_quantize::{CalibConfig, Event};
+use tersor_testkit::{calib_text, TempDir, TinyLlama};
+
+fn options(
+    input: &Path,
+    output: &Path,
+    pattern: Pattern,
+    method: PruneMethod,
+    calib: &Path,
+) -> PruneOptions {
+    let mut o = PruneOptions::new(
+        input.to_path_buf(),
+        output.to_path_buf(),
+        pattern,
+        method,
+        CalibConfig {
+            path: calib.to_path_buf(),
+            max_tokens: 1024,
+            ctx: 128,
+        },
+    );
+    // Exact zeros and weights: the comparisons below are on f32.
+    o.dtype = FloatDtype::F32;
+    o
+}
+
+fn quiet(_: Event) {}
+
+fn linears(path: &Path) -> Vec<(Vec<f32>, usize, usize)> {
+    let LoadedModel::Decoder { model, .. } = tersor_model::load(path).unwrap() else {
+        panic!("not a decoder")
+    };
+    let mut out = Vec::new();
+    for l in 0..model.n_layers() {
+        for kind in LinearKind::ALL {
+            let t = model.linear_weight(l, kind).unwrap();
+            let (r, c) = t.dims2().unwrap();
+            out.push((t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), r, c));
+        }
+    }
+    out
+}
+
+/// Mean KL(p_ref || p_model) over the calibration text, with tersor-eval.
+fn kl_to_reference(model: &Path, reference: &Path, text: &Path) -> f64 {
+    let load = |p: &Path| match tersor_model::load(p).unwrap() {
+        LoadedModel::Decoder { model, tokenizer } => (model, tokenizer),
+        _ => panic!(),
+    };
+    let (m, t) = load(model);
+    let (r, rt) = load(reference);
+    let text = std::fs::read_to_string(text).unwrap();
+    let cfg = tersor_eval::PerplexityConfig {
+        ctx: 128,
+        max_windows: Some(8),
+        scoring: tersor_eval::Scoring::Full,
+        batch: 4,
+    };
+    let lm = |model, tokenizer| tersor_eval::Lm { model, tokenizer };
+    let rep = tersor_eval::perplexity(lm(&m, &t), Some(lm(&r, &rt)), &text, &cfg, &mut |_, _| {})
+        .unwrap();
+    rep.kl.unwrap().kld_mean
+}
+
+#[test]
+fn pruned_directories_hold_the_pattern_and_data_aware_pruners_lose_less() {
+    let dir = TempDir::new("prune");
+    let tiny = TinyLlama {
+        tied: false,
+        ..TinyLlama::default()
+    };
+    let gguf = dir.path().join("tiny.gguf");
+    tiny.write_gguf(&gguf);
+    let hf = dir.path().join("tiny-hf");
+    tiny.write_hf_dir(&hf);
+    let calib = calib_text(dir.path());
+    for (input, label) in [(&gguf, "gguf"), (&hf, "hf")] {
+        // Sparsity 0 writes the model back unchanged (q/k rows back in HF order).
+        let out = dir.path().join(format!("{label}-s0"));
+        run(
+            &options(
+                input,
+                &out,
+                Pattern::Unstructured(0.0),
+                PruneMethod::Magnitude,
+                &calib,
+            ),
+            &quiet,
+        )
+        .unwrap();
+        let kl0 = kl_to_reference(&out, input, &calib);
+        assert!(
+            kl0 < 1e-6,
+            "{label}: sparsity 0 changed the model (KL {kl0})"
+        );
+
+        for pattern in [Pattern::Unstructured(0.6), Pattern::NM { n: 2, m: 4 }] {
+            let mut kl = Vec::new();
+            for method in [
+                PruneMethod::Magnitude,
+                PruneMethod::Wanda,
+                PruneMethod::SparseGpt,
+            ] {
+                let out = dir.path().join(format!("{label}-{method}-{pattern}"));
+                let s = run(&options(input, &out, pattern, method, &calib), &quiet).unwrap();
+                assert!(out.join("config.json").is_file() && out.join("tokenizer.json").is_file());
+                let cfg = std::fs::read_to_string(out.join("config.json")).unwrap();
+                assert!(!cfg.contains("quantization_config"), "{cfg}");
+                for (w, rows, cols) in linears(&out) {
+                    let zeros = w.iter().filter(|&&x| x == 0.0).count();
+                    match pattern {
+                        // Wanda counts per row; the others per layer.
+                        Pattern::Unstructured(sp) if method == PruneMethod::Wanda => {
+                            assert_eq!(zeros, rows * (sp * cols as f64).round() as usize)
+                        }
+                        Pattern::Unstructured(sp) => {
+                            assert_eq!(zeros, (sp * (rows * cols) as f64).round() as usize)
+                        }
+                        Pattern::NM { n, m } => {
+                            assert!(tersor_prune_nm(&w, n, m), "{label} {method}: not {n}:{m}");
+                        }
+                    }
+                }
+                // Within rounding to whole weights per row (Wanda, rows of 256: 154/256).
+                assert!(
+                    (s.linear_sparsity - pattern.sparsity()).abs() < 2.0 / 256.0,
+                    "{}",
+                    s.linear_sparsity
+                );
+                // Sparse payload: f32 values + mask/indices, well under the dense size.
+                assert!(
+                    s.sparse_bytes < s.file_bytes,
+                    "{} vs {}",
+                    s.sparse_bytes,
+                    s.file_bytes
+                );
+                kl.push(kl_to_reference(&out, input, &calib));
+            }
+            eprintln!(
+                "{label} {pattern}: KL magnitude {:.4}, wanda {:.4}, sparsegpt {:.4}",
+                kl[0], kl[1], kl[2]
+            );
+            assert!(
+                kl[2] < 0.8 * kl[0] && kl[1] < kl[0],
+                "{label} {pattern}: {kl:?}"
+            );
+        }
+    }
+}
+
+fn tersor_prune_nm(w: &[f32], n: usize, m: usize) -> bool {
+    w.chunks(m)
+        .all(|g| g.iter().filter(|&&x| x != 0.0).count() <= n)
+}
+
+#[test]
+fn global_magnitude_prunes_the_model_as_a_whole() {
+    let dir = TempDir::new("prune-global");
+    let input = dir.path().join("tiny.gguf");
+    TinyLlama::default().write_gguf(&input);
+    let calib = calib_text(dir.path());
+    let out = dir.path().join("global");
+    let s = run(
+        &options(
+            &input,
+            &out,
+            Pattern::Unstructured(0.5),
+            PruneMethod::MagnitudeGlobal,
+            &calib,
+        ),
+        &quiet,
+    )
+    .unwrap();
+    let all = linears(&out);
+    let total: usize = all.iter().map(|l| l.0.len()).sum();
+    let zeros: usize = all
+        .iter()
+        .map(|l| l.0.iter().filter(|&&x| x == 0.0).count())
+        .sum();
+    assert_eq!(zeros, total / 2);
+    assert_eq!(s.linear_zeros as usize, zeros);
+    // One threshold: every kept weight is at least as large as every removed one.
+    let before = linears(&input);
+    let mut kept_min = f32::INFINITY;
+    let mut removed_max = 0f32;
+    for ((b, ..), (a, ..)) in before.iter().zip(&all) {
+        // GGUF input and HF output order q/k rows differently; magnitudes per tensor
+        // are what matter here, so compare as multisets of |w|.
+        let mut kept: Vec<f32> = a.iter().filter(|&&x| x != 0.0).map(|x| x.abs()).collect();
+        kept.sort_by(f32::total_cmp);
+        let mut orig: Vec<f32> = b.iter().map(|x| x.abs()).collect();
+        orig.sort_by(f32::total_cmp);
+        let removed = orig.len() - kept.len();
+        assert_eq!(&orig[removed..], &kept[..]);
+        kept_min = kept_min.min(kept.first().copied().unwrap_or(f32::INFINITY));
+        removed_max = removed_max.max(if removed > 0 { orig[removed - 1] } else { 0.0 });
+    }
+    assert!(removed_max <= kept_min, "{removed_max} > {kept_min}");
+}
+
+#[test]
+fn bad_patterns_give_clear_errors_and_no_output() {
+    let dir = TempDir::new("prune-bad");
+    let input = dir.path().join("tiny.gguf");
+    TinyLlama::default().write_gguf(&input);
+    let calib = calib_text(dir.path());
+    let out = dir.path().join("out");
+    // Rows of 256 do not split into groups of 3.
+    let e = run(
+        &options(
+            &input,
+            &out,
+            Pattern::NM { n: 1, m: 3 },
+            PruneMethod::Magnitude,
+            &calib,
+        ),
+        &quiet,
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("tiny.gguf") && msg.contains("multiple of 3"),
+        "{msg}"
+    );
+    let e = run(
+        &options(
+            &input,
+            &out,
+            Pattern::NM { n: 2, m: 4 },
+            PruneMethod::MagnitudeGlobal,
+            &calib,
+        ),
+        &quiet,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("unstructured"), "{e}");
+    assert!(!out.exists());
+}
