@@ -12,6 +12,7 @@ mod cmd_compress;
 mod cmd_eval;
 mod cmd_fetch;
 mod cmd_inspect;
+mod cmd_lowrank;
 mod cmd_prune;
 mod cmd_quantize;
 
@@ -43,6 +44,9 @@ enum Command {
     /// Prune a model (magnitude, Wanda, SparseGPT; unstructured or N:M) to a
     /// dense Hugging Face directory.
     Prune(cmd_prune::PruneArgs),
+    /// Factor every block linear into two low-rank matrices (SVD or
+    /// activation-aware SVD); tersor runs them as two matmuls.
+    Lowrank(cmd_lowrank::LowrankArgs),
     /// Find the per-tensor compression that loses the least at a size budget
     /// (EvoPress over a level database), beside uniform, heuristic, DP and random
     /// baselines; with no arguments, the default LM to a 5.25 bpw GGUF.
@@ -71,6 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => cmd_eval::run(args),
         Command::Quantize(args) => cmd_quantize::run(args),
         Command::Prune(args) => cmd_prune::run(args),
+        Command::Lowrank(args) => cmd_lowrank::run(args),
         Command::Compress(args) => cmd_compress::run(Box::new(args)),
     }
 }

@@ -532,8 +532,18 @@ fn prune_default_lm_to_two_of_four() {
             vec!["--pattern", "2:4", "--method", "obs"],
             "unknown pruning method",
         ),
+        (vec!["lowrank", "--ratio", "0"], "outside (0, 1]"),
+        (
+            vec!["lowrank", "--ratio", "0.5", "--method", "pca"],
+            "unknown low-rank method",
+        ),
     ] {
-        let mut a = vec!["prune", s(&lm), "-o", s(&bad), "-q"];
+        // `lowrank` cases name their command first; the rest are `prune`'s.
+        let (cmd, args) = match args.split_first() {
+            Some((&"lowrank", rest)) => ("lowrank", rest.to_vec()),
+            _ => ("prune", args),
+        };
+        let mut a = vec![cmd, s(&lm), "-o", s(&bad), "-q"];
         a.extend(args);
         let o = tersor(&a);
         assert_eq!(o.status.code(), Some(1), "{a:?}");

@@ -206,12 +206,19 @@ impl LlamaConfig {
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// A low-rank layer's factors `W = A B` (`A` `[out, r]`, `B` `[r, in]`): the forward
+    /// pass runs as two matmuls, `(x Bᵀ) Aᵀ`. `weight` then holds the product, for the
+    /// callers that read weights (it costs the dense layer's memory once more).
+    factors: Option<(Tensor, Tensor)>,
 }
 
 impl Linear {
     /// `x`: `[N, in]` → `[N, out]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
+        let y = match &self.factors {
+            Some((a, b)) => x.matmul(&b.t()?)?.matmul(&a.t()?)?,
+            None => x.matmul(&self.weight.t()?)?,
+        };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -378,6 +385,31 @@ impl Llama {
             }
         };
 
+        // A linear stored as two factors (`weight_a` [out, r], `weight_b` [r, in]; what
+        // `tersor lowrank` writes) instead of `weight`: its rank comes from the checkpoint.
+        let factored = |l: usize, kind: LinearKind| -> Result<Option<usize>> {
+            if weights.contains(&naming.linear(l, kind, "weight")) {
+                return Ok(None);
+            }
+            let (an, bn) = (
+                naming.linear(l, kind, "weight_a"),
+                naming.linear(l, kind, "weight_b"),
+            );
+            match (weights.shape(&an), weights.shape(&bn)) {
+                (Some(a), Some(_)) if a.len() == 2 && a[1] > 0 => Ok(Some(a[1])),
+                (Some(a), Some(_)) => Err(Error::format(
+                    &path,
+                    format!("tensor `{an}` has shape {a:?}, expected [out, rank]"),
+                )),
+                _ => Ok(None),
+            }
+        };
+        let mut ranks = Vec::with_capacity(c.n_layers * LinearKind::ALL.len());
+        for l in 0..c.n_layers {
+            for kind in LinearKind::ALL {
+                ranks.push(factored(l, kind)?);
+            }
+        }
         let mut wanted: Vec<(String, Vec<usize>)> = vec![
             (naming.embed().to_string(), vec![c.vocab_size, d]),
             (naming.final_norm().to_string(), vec![d]),
@@ -388,8 +420,15 @@ impl Llama {
         for l in 0..c.n_layers {
             wanted.push((naming.attn_norm(l), vec![d]));
             wanted.push((naming.ffn_norm(l), vec![d]));
-            for kind in LinearKind::ALL {
-                wanted.push((naming.linear(l, kind, "weight"), shape_of(kind)));
+            for (k, kind) in LinearKind::ALL.into_iter().enumerate() {
+                let (out, inp) = (shape_of(kind)[0], shape_of(kind)[1]);
+                match ranks[l * LinearKind::ALL.len() + k] {
+                    None => wanted.push((naming.linear(l, kind, "weight"), shape_of(kind))),
+                    Some(r) => {
+                        wanted.push((naming.linear(l, kind, "weight_a"), vec![out, r]));
+                        wanted.push((naming.linear(l, kind, "weight_b"), vec![r, inp]));
+                    }
+                }
             }
             if c.attention_bias {
                 wanted.push((naming.linear(l, LinearKind::Q, "bias"), vec![q_out]));
@@ -404,15 +443,27 @@ impl Llama {
         let norm = next();
         let lm_head = if untied { next() } else { embed.clone() };
         let mut blocks = Vec::with_capacity(c.n_layers);
-        for _ in 0..c.n_layers {
+        for l in 0..c.n_layers {
             let attn_norm = next();
             let ffn_norm = next();
-            let mut lin: Vec<Linear> = (0..LinearKind::ALL.len())
-                .map(|_| Linear {
-                    weight: next(),
-                    bias: None,
-                })
-                .collect();
+            let mut lin: Vec<Linear> = Vec::with_capacity(LinearKind::ALL.len());
+            for k in 0..LinearKind::ALL.len() {
+                lin.push(match ranks[l * LinearKind::ALL.len() + k] {
+                    None => Linear {
+                        weight: next(),
+                        bias: None,
+                        factors: None,
+                    },
+                    Some(_) => {
+                        let (a, b) = (next(), next());
+                        Linear {
+                            weight: a.matmul(&b)?,
+                            bias: None,
+                            factors: Some((a, b)),
+                        }
+                    }
+                });
+            }
             if c.attention_bias {
                 for l in lin.iter_mut().take(3) {
                     l.bias = Some(next());
@@ -679,7 +730,54 @@ impl Llama {
             )));
         }
         lin.weight = w.to_dtype(DType::F32)?.contiguous()?;
+        lin.factors = None;
         Ok(())
+    }
+
+    /// Make one linear layer low rank: `W = A B` with `a` `[out, r]` and `b` `[r, in]`.
+    /// The forward pass then runs two matmuls; [`Llama::linear_weight`] returns the product.
+    pub fn set_linear_factors(
+        &mut self,
+        layer: usize,
+        kind: LinearKind,
+        a: Tensor,
+        b: Tensor,
+    ) -> Result<()> {
+        let n_layers = self.blocks.len();
+        let blk = self.blocks.get_mut(layer).ok_or_else(|| {
+            Error::Invalid(format!("layer {layer} out of range ({n_layers} layers)"))
+        })?;
+        let lin = blk.linear_mut(kind);
+        let (out, inp) = lin.weight.dims2()?;
+        let (ar, r) = a.dims2()?;
+        let (rb, bc) = b.dims2()?;
+        if ar != out || rb != r || bc != inp || r == 0 {
+            return Err(Error::Invalid(format!(
+                "set_linear_factors: layer {layer} {kind}: factors {:?} × {:?} for a [{out}, {inp}] weight",
+                a.dims(),
+                b.dims()
+            )));
+        }
+        let a = a.to_dtype(DType::F32)?.contiguous()?;
+        let b = b.to_dtype(DType::F32)?.contiguous()?;
+        lin.weight = a.matmul(&b)?;
+        lin.factors = Some((a, b));
+        Ok(())
+    }
+
+    /// A low-rank linear's factors `(A [out, r], B [r, in])`, `None` for a dense one.
+    pub fn linear_factors(
+        &self,
+        layer: usize,
+        kind: LinearKind,
+    ) -> Result<Option<(&Tensor, &Tensor)>> {
+        let blk = self.blocks.get(layer).ok_or_else(|| {
+            Error::Invalid(format!(
+                "layer {layer} out of range ({} layers)",
+                self.blocks.len()
+            ))
+        })?;
+        Ok(blk.linear(kind).factors.as_ref().map(|(a, b)| (a, b)))
     }
 
     /// The weight `[hidden]` of a block's RMSNorm (`attn = true`: before attention,

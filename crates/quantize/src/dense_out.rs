@@ -1,7 +1,8 @@
-//! Dense Hugging Face output: every tensor as a float (`model.safetensors`, sharded when
-//! large), `config.json` without `quantization_config`, the tokenizer. What pruned models
-//! are written as: the zeros are stored, so the file is the dense size; the job reports
-//! the sparse payload separately.
+//! Float Hugging Face output: every tensor as a float (`model.safetensors`, sharded when
+//! large), `config.json` without `quantization_config`, the tokenizer. Pruned models keep
+//! their zeros (the file is the dense size; the job reports the sparse payload); low-rank
+//! linears are stored as their two factors, `<module>.weight_a` `[out, r]` and
+//! `<module>.weight_b` `[r, in]`, which tersor-model loads as a two-matmul layer.
 
 use std::path::Path;
 
@@ -33,24 +34,43 @@ pub fn write_dense_dir(
         FloatDtype::F32 => ("F32", 4, "float32"),
     };
     let hf = TensorNaming::HuggingFace;
+    // Output rows in HF order (q/k rows of a GGUF input are interleaved): for a factored
+    // layer `W = A B` only `A`'s rows are permuted.
+    let mut add = |w: &mut GptqWriter,
+                   name: String,
+                   t: &candle_core::Tensor,
+                   rows: Option<&[usize]>|
+     -> Result<()> {
+        let (r, c) = t.dims2()?;
+        let data = t.flatten_all()?.to_vec1::<f32>()?;
+        let data = match rows {
+            Some(map) => map
+                .iter()
+                .flat_map(|&src| data[src * c..(src + 1) * c].iter().copied())
+                .collect(),
+            None => data,
+        };
+        w.add_tensor(&name, &[r, c], &data, dtype)?;
+        summary.push(TensorSummary {
+            name,
+            format: format.into(),
+            params: (r * c) as u64,
+            bytes: (r * c * width) as u64,
+            fallback_from: None,
+        });
+        Ok(())
+    };
     for l in 0..model.n_layers() {
         for kind in LinearKind::ALL {
             let t = model.linear_weight(l, kind)?;
-            let (rows, cols) = t.dims2()?;
-            let data = t.flatten_all()?.to_vec1::<f32>()?;
-            let mut hf_rows = Vec::with_capacity(rows * cols);
-            for src in hf_row_map(model, from_gguf, kind, rows) {
-                hf_rows.extend_from_slice(&data[src * cols..(src + 1) * cols]);
+            let rows = hf_row_map(model, from_gguf, kind, t.dims2()?.0);
+            match model.linear_factors(l, kind)? {
+                None => add(&mut w, hf.linear(l, kind, "weight"), t, Some(&rows))?,
+                Some((a, b)) => {
+                    add(&mut w, hf.linear(l, kind, "weight_a"), a, Some(&rows))?;
+                    add(&mut w, hf.linear(l, kind, "weight_b"), b, None)?;
+                }
             }
-            let name = hf.linear(l, kind, "weight");
-            w.add_tensor(&name, &[rows, cols], &hf_rows, dtype)?;
-            summary.push(TensorSummary {
-                name,
-                format: format.into(),
-                params: (rows * cols) as u64,
-                bytes: (rows * cols * width) as u64,
-                fallback_from: None,
-            });
         }
     }
     let mut config = hf_config_and_tokenizer(input, model, &mut w)?;

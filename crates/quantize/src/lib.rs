@@ -1,5 +1,5 @@
-//! tersor-quantize: the layer-wise compression jobs behind `tersor quantize` and (in
-//! [`prune`]) `tersor prune`.
+//! tersor-quantize: the layer-wise compression jobs behind `tersor quantize`, and (in
+//! [`prune`] and [`lowrank`]) `tersor prune` and `tersor lowrank`.
 //!
 //! ```text
 //! MODEL (GGUF / HF dir) ─ tersor-model::load ─► Llama (f32) + tokenizer
@@ -26,6 +26,7 @@ mod error;
 mod gguf_out;
 pub mod gptq_out;
 mod layer;
+pub mod lowrank;
 mod plan;
 pub mod prune;
 mod spec;

@@ -1,0 +1,140 @@
+//! `tersor lowrank`: factor every block linear into two low-rank matrices (SVD or
+//! activation-aware SVD) and write a Hugging Face directory holding the factors.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tersor_quantize::lowrank::{LowrankMethod, LowrankOptions};
+use tersor_quantize::prune::FloatDtype;
+use tersor_quantize::{CalibConfig, Event};
+
+#[derive(Debug, Args)]
+pub struct LowrankArgs {
+    /// Model to factor: a GGUF file or a Hugging Face directory (default: the default
+    /// LM, fetched on first use).
+    #[arg(value_name = "MODEL")]
+    model: Option<PathBuf>,
+
+    /// Parameters of each layer's two factors over the layer's own, in (0, 1]: the rank
+    /// is the largest with r·(rows + cols) ≤ R·rows·cols.
+    #[arg(long, value_name = "R")]
+    ratio: f64,
+
+    /// svd | asvd (activation-aware: whitened by the calibration inputs).
+    #[arg(long, default_value = "asvd", value_name = "METHOD")]
+    method: String,
+
+    /// Calibration text for asvd (default: the calibration split of Botchan).
+    #[arg(long, value_name = "FILE")]
+    calib: Option<PathBuf>,
+
+    /// Use at most N calibration tokens (whole windows).
+    #[arg(long, default_value_t = 16384, value_name = "N")]
+    calib_tokens: usize,
+
+    /// Calibration window length in tokens.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    ctx: usize,
+
+    /// Storage type of the written tensors: f16, bf16 or f32.
+    #[arg(long, default_value = "f16", value_name = "TYPE")]
+    dtype: String,
+
+    /// Output directory.
+    #[arg(long, short = 'o', value_name = "DIR")]
+    output: PathBuf,
+
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+pub fn run(args: LowrankArgs) -> anyhow::Result<()> {
+    if !(args.ratio > 0.0 && args.ratio <= 1.0) {
+        bail!("--ratio {} is outside (0, 1]", args.ratio);
+    }
+    let method: LowrankMethod = args.method.parse()?;
+    let dtype = match args.dtype.to_ascii_lowercase().as_str() {
+        "f16" => FloatDtype::F16,
+        "bf16" => FloatDtype::BF16,
+        "f32" => FloatDtype::F32,
+        other => bail!("unknown --dtype {other:?} (f16, bf16 or f32)"),
+    };
+    let model = crate::model_or_default(args.model.clone())?;
+    let calib_path = match &args.calib {
+        Some(p) => p.clone(),
+        None if method == LowrankMethod::Asvd => {
+            tersor_assets::botchan_calib().context("cannot obtain the default calibration text")?
+        }
+        None => PathBuf::new(),
+    };
+    let mut opts = LowrankOptions::new(
+        model,
+        args.output.clone(),
+        args.ratio,
+        method,
+        CalibConfig {
+            path: calib_path,
+            max_tokens: args.calib_tokens,
+            ctx: args.ctx,
+        },
+    );
+    opts.dtype = dtype;
+
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    if args.quiet || !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} blocks {msg} (eta {eta})",
+        )
+        .expect("valid progress template"),
+    );
+    let progress = |e: Event| match e {
+        Event::Planned { layers, .. } => bar.set_length(layers as u64),
+        Event::Calibrated { windows, tokens } => {
+            bar.set_message(format!("calibration: {windows} windows, {tokens} tokens"))
+        }
+        Event::Layer { index, .. } => bar.set_position(index as u64 + 1),
+        Event::Writing => bar.set_message("writing"),
+        Event::Note(_) => {}
+    };
+    let summary = tersor_quantize::lowrank::run(&opts, &progress)
+        .with_context(|| format!("cannot factor {}", opts.input.display()))?;
+    bar.finish_and_clear();
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    let factored = summary.linears.iter().filter(|l| l.rank.is_some()).count();
+    println!("wrote {}", summary.output.display());
+    println!(
+        "  method        {} at ratio {}",
+        summary.method, summary.ratio
+    );
+    println!(
+        "  block linears {factored} of {} factored; {} of {} parameters ({:.3})",
+        summary.linears.len(),
+        summary.linear_params,
+        summary.dense_linear_params,
+        summary.linear_params as f64 / summary.dense_linear_params.max(1) as f64
+    );
+    println!(
+        "  size          {} bytes; {} of {} model parameters",
+        summary.file_bytes, summary.params, summary.dense_params
+    );
+    println!(
+        "  time          {:.1} s load, {:.1} s factor, {:.1} s write",
+        summary.seconds_load, summary.seconds_factor, summary.seconds_write
+    );
+    Ok(())
+}
