@@ -1,15 +1,12 @@
 //! `tersor lowrank`: factor every block linear into two low-rank matrices (SVD or
 //! activation-aware SVD) and write a Hugging Face directory holding the factors.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tersor_quantize::lowrank::{LowrankMethod, LowrankOptions};
-use tersor_quantize::prune::FloatDtype;
-use tersor_quantize::{CalibConfig, Event};
+use tersor_quantize::CalibConfig;
 
 #[derive(Debug, Args)]
 pub struct LowrankArgs {
@@ -61,12 +58,7 @@ pub fn run(args: LowrankArgs) -> anyhow::Result<()> {
         bail!("--ratio {} is outside (0, 1]", args.ratio);
     }
     let method: LowrankMethod = args.method.parse()?;
-    let dtype = match args.dtype.to_ascii_lowercase().as_str() {
-        "f16" => FloatDtype::F16,
-        "bf16" => FloatDtype::BF16,
-        "f32" => FloatDtype::F32,
-        other => bail!("unknown --dtype {other:?} (f16, bf16 or f32)"),
-    };
+    let dtype = crate::block_job::parse_dtype(&args.dtype)?;
     let model = crate::model_or_default(args.model.clone())?;
     let calib_path = match &args.calib {
         Some(p) => p.clone(),
@@ -88,25 +80,7 @@ pub fn run(args: LowrankArgs) -> anyhow::Result<()> {
     );
     opts.dtype = dtype;
 
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    if args.quiet || !std::io::stderr().is_terminal() {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} blocks {msg} (eta {eta})",
-        )
-        .expect("valid progress template"),
-    );
-    let progress = |e: Event| match e {
-        Event::Planned { layers, .. } => bar.set_length(layers as u64),
-        Event::Calibrated { windows, tokens } => {
-            bar.set_message(format!("calibration: {windows} windows, {tokens} tokens"))
-        }
-        Event::Layer { index, .. } => bar.set_position(index as u64 + 1),
-        Event::Writing => bar.set_message("writing"),
-        Event::Note(_) => {}
-    };
+    let (bar, progress) = crate::block_job::progress(args.quiet);
     let summary = tersor_quantize::lowrank::run(&opts, &progress)
         .with_context(|| format!("cannot factor {}", opts.input.display()))?;
     bar.finish_and_clear();

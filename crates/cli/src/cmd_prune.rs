@@ -1,14 +1,12 @@
 //! `tersor prune`: remove weights (magnitude, Wanda, SparseGPT; unstructured or N:M) and
 //! write a dense Hugging Face directory.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tersor_quantize::prune::{FloatDtype, Pattern, PruneMethod, PruneOptions};
-use tersor_quantize::{CalibConfig, Event};
+use tersor_quantize::prune::{Pattern, PruneMethod, PruneOptions};
+use tersor_quantize::CalibConfig;
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
@@ -87,12 +85,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         (None, None) => bail!("give --sparsity S (e.g. 0.5) or --pattern N:M (e.g. 2:4)"),
     };
     let method: PruneMethod = args.method.parse()?;
-    let dtype = match args.dtype.to_ascii_lowercase().as_str() {
-        "f16" => FloatDtype::F16,
-        "bf16" => FloatDtype::BF16,
-        "f32" => FloatDtype::F32,
-        other => bail!("unknown --dtype {other:?} (f16, bf16 or f32)"),
-    };
+    let dtype = crate::block_job::parse_dtype(&args.dtype)?;
     let model = crate::model_or_default(args.model.clone())?;
     let calib_path = match &args.calib {
         Some(p) => p.clone(),
@@ -116,30 +109,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     opts.sparsegpt.block_size = args.block_size;
     opts.dtype = dtype;
 
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    if args.quiet || !std::io::stderr().is_terminal() {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} blocks {msg} (eta {eta})",
-        )
-        .expect("valid progress template"),
-    );
-    let quiet = args.quiet;
-    let progress = |e: Event| match e {
-        Event::Planned { layers, .. } => bar.set_length(layers as u64),
-        Event::Calibrated { windows, tokens } => {
-            bar.set_message(format!("calibration: {windows} windows, {tokens} tokens"))
-        }
-        Event::Layer { index, .. } => bar.set_position(index as u64 + 1),
-        Event::Writing => bar.set_message("writing"),
-        Event::Note(n) => {
-            if !quiet {
-                bar.suspend(|| eprintln!("note: {n}"));
-            }
-        }
-    };
+    let (bar, progress) = crate::block_job::progress(args.quiet);
     let summary = tersor_quantize::prune::run(&opts, &progress)
         .with_context(|| format!("cannot prune {}", opts.input.display()))?;
     bar.finish_and_clear();

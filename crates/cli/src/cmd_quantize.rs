@@ -1,13 +1,11 @@
 //! `tersor quantize`: quantize a model to a llama.cpp preset / ggml type (GGUF) or to
 //! the GPTQ checkpoint format (Hugging Face directory).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tersor_quantize::{CalibConfig, Event, MethodSpec, QuantizeOptions, Target};
+use tersor_quantize::{CalibConfig, MethodSpec, QuantizeOptions, Target};
 
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
@@ -106,30 +104,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         g.act_order |= args.act_order;
     }
 
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    if args.quiet || !std::io::stderr().is_terminal() {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} blocks {msg} (eta {eta})",
-        )
-        .expect("valid progress template"),
-    );
-    let quiet = args.quiet;
-    let progress = |e: Event| match e {
-        Event::Planned { layers, .. } => bar.set_length(layers as u64),
-        Event::Calibrated { windows, tokens } => {
-            bar.set_message(format!("calibration: {windows} windows, {tokens} tokens"))
-        }
-        Event::Layer { index, .. } => bar.set_position(index as u64 + 1),
-        Event::Writing => bar.set_message("writing"),
-        Event::Note(n) => {
-            if !quiet {
-                bar.suspend(|| eprintln!("note: {n}"));
-            }
-        }
-    };
+    let (bar, progress) = crate::block_job::progress(args.quiet);
     let summary = tersor_quantize::run(&opts, &progress)
         .with_context(|| format!("cannot quantize {}", opts.input.display()))?;
     bar.finish_and_clear();

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod block_job;
 mod cmd_compress;
 mod cmd_eval;
 mod cmd_fetch;

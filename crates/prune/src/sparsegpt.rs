@@ -25,6 +25,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use tersor_quant::gptq::{
     clear_upper_simd_state, clear_upper_simd_state_all_threads, inverse_cholesky_upper,
+    zero_dead_columns,
 };
 use tersor_quant::rtn::check_layer;
 
@@ -101,23 +102,7 @@ pub fn sparsegpt(
 
     let mut w = w.to_vec();
     let mut h = h.to_vec();
-    // Dead inputs carry no information: weight 0, H[i, i] = 1 (the reference's rule).
-    let mut dead_columns = 0;
-    for i in 0..cols {
-        let d = h[i * cols + i];
-        if d < 0.0 {
-            return Err(PruneError::NotPositiveDefinite(format!(
-                "{layer}: Hessian diagonal at column {i} is negative ({d})"
-            )));
-        }
-        if d == 0.0 {
-            h[i * cols + i] = 1.0;
-            for r in 0..rows {
-                w[r * cols + i] = 0.0;
-            }
-            dead_columns += 1;
-        }
-    }
+    let dead_columns = zero_dead_columns(&mut w, &mut h, rows, cols, &layer)?;
     let (u, damp) = inverse_cholesky_upper(&h, cols, cfg.damp_percent).map_err(|e| match e {
         PruneError::NotPositiveDefinite(msg) => {
             PruneError::NotPositiveDefinite(format!("{layer}: {msg}"))

@@ -113,24 +113,7 @@ pub fn gptq<G: Grid>(
     let mut w = w.to_vec();
     let mut h = h.to_vec();
 
-    // Dead columns: an input that is always zero carries no information; the reference
-    // sets H[i, i] = 1 (so H stays invertible) and the weight to 0.
-    let mut dead_columns = 0;
-    for i in 0..cols {
-        let d = h[i * cols + i];
-        if d < 0.0 {
-            return Err(QuantError::NotPositiveDefinite(format!(
-                "{layer}: Hessian diagonal at column {i} is negative ({d})"
-            )));
-        }
-        if d == 0.0 {
-            h[i * cols + i] = 1.0;
-            for r in 0..rows {
-                w[r * cols + i] = 0.0;
-            }
-            dead_columns += 1;
-        }
-    }
+    let dead_columns = zero_dead_columns(&mut w, &mut h, rows, cols, &layer)?;
 
     let gpr = cols.div_ceil(gs);
     let static_groups: Option<Vec<G::Group>> = cfg.static_groups.then(|| {
@@ -341,6 +324,35 @@ impl<G: Grid> Walk<'_, G> {
         }
         (groups.into_iter().flatten().collect(), loss)
     }
+}
+
+/// Dead columns: an input that is always zero (`H[i, i] == 0`) carries no information;
+/// the reference sets `H[i, i] = 1` (so H stays invertible) and the column's weights to 0.
+/// Returns how many there were; a negative diagonal is an error naming `layer`.
+pub fn zero_dead_columns(
+    w: &mut [f32],
+    h: &mut [f64],
+    rows: usize,
+    cols: usize,
+    layer: &str,
+) -> Result<usize> {
+    let mut dead = 0;
+    for i in 0..cols {
+        let d = h[i * cols + i];
+        if d < 0.0 {
+            return Err(QuantError::NotPositiveDefinite(format!(
+                "{layer}: Hessian diagonal at column {i} is negative ({d})"
+            )));
+        }
+        if d == 0.0 {
+            h[i * cols + i] = 1.0;
+            for r in 0..rows {
+                w[r * cols + i] = 0.0;
+            }
+            dead += 1;
+        }
+    }
+    Ok(dead)
 }
 
 /// `X^T X` in f64 for activations `x` (`[n, cols]`, row-major): the (unnormalised)

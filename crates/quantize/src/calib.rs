@@ -90,3 +90,70 @@ impl Calibration {
         })
     }
 }
+
+/// Block-by-block calibration for the jobs that compress block `l` on the outputs of the
+/// already-compressed blocks before it (GPTQ's, SparseGPT's and SVD-LLM's "sequential"
+/// mode): the hidden states of every window, advanced one block at a time.
+pub(crate) struct Sequential {
+    /// `[windows, ctx, hidden]` batches; empty when the job needs no calibration.
+    hidden: Vec<candle_core::Tensor>,
+    /// Calibration windows in use (0 when disabled).
+    pub windows: usize,
+}
+
+impl Sequential {
+    /// Tokenizes and embeds the calibration text in batches of `batch` windows, or
+    /// does nothing when `enabled` is false.
+    pub fn start(
+        enabled: bool,
+        model: &tersor_model::Llama,
+        tokenizer: &TextTokenizer,
+        cfg: &CalibConfig,
+        batch: usize,
+        progress: &(dyn Fn(crate::Event) + Sync),
+    ) -> Result<Self> {
+        let mut hidden = Vec::new();
+        let mut windows = 0;
+        if enabled {
+            let cal = Calibration::load(cfg, tokenizer)?;
+            windows = cal.windows.len();
+            progress(crate::Event::Calibrated {
+                windows,
+                tokens: cal.n_tokens(),
+            });
+            for chunk in cal.windows.chunks(batch.max(1)) {
+                let refs: Vec<&[u32]> = chunk.iter().map(|w| w.as_slice()).collect();
+                hidden.push(model.embed_batch(&refs)?);
+            }
+        }
+        Ok(Sequential { hidden, windows })
+    }
+
+    /// `XᵀX` per input site of block `l` on the current hidden states (`None` when
+    /// disabled).
+    pub fn stats(
+        &self,
+        model: &tersor_model::Llama,
+        l: usize,
+    ) -> Result<Option<[crate::SiteStats; 4]>> {
+        if self.windows == 0 {
+            return Ok(None);
+        }
+        let mut col = crate::Collector::new(1, false);
+        for h in &self.hidden {
+            model.block_forward(l, h, Some(&mut col))?;
+        }
+        Ok(Some(col.into_stats()))
+    }
+
+    /// Runs block `l` as it is now (compressed) on the hidden states: the inputs of
+    /// block `l + 1`.
+    pub fn advance(&mut self, model: &tersor_model::Llama, l: usize) -> Result<()> {
+        if self.windows > 0 && l + 1 < model.n_layers() {
+            for h in self.hidden.iter_mut() {
+                *h = model.block_forward(l, h, None)?;
+            }
+        }
+        Ok(())
+    }
+}

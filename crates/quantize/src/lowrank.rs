@@ -17,8 +17,8 @@ use tersor_gptq::FloatDtype;
 use tersor_model::{LinearKind, LoadedModel, TensorNaming};
 use tersor_prune::lowrank::{asvd, rank_for_ratio, svd};
 
-use crate::calib::{CalibConfig, Calibration};
-use crate::collect::{Collector, Site};
+use crate::calib::{CalibConfig, Sequential};
+use crate::collect::Site;
 use crate::dense_out::write_dense_dir;
 use crate::error::{QuantizeError, Result};
 use crate::{output_bytes, tensor_vec, Event, TensorSummary};
@@ -157,32 +157,17 @@ pub fn run(opts: &LowrankOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<L
     let seconds_load = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let calibrate = opts.method == LowrankMethod::Asvd;
-    let mut hidden: Vec<Tensor> = Vec::new();
-    let mut n_windows = 0;
-    if calibrate {
-        let cal = Calibration::load(&opts.calib, &tokenizer)?;
-        n_windows = cal.windows.len();
-        progress(Event::Calibrated {
-            windows: n_windows,
-            tokens: cal.n_tokens(),
-        });
-        for chunk in cal.windows.chunks(opts.batch_windows.max(1)) {
-            let refs: Vec<&[u32]> = chunk.iter().map(|w| w.as_slice()).collect();
-            hidden.push(model.embed_batch(&refs)?);
-        }
-    }
+    let mut calib = Sequential::start(
+        opts.method == LowrankMethod::Asvd,
+        &model,
+        &tokenizer,
+        &opts.calib,
+        opts.batch_windows,
+        progress,
+    )?;
     let mut linears = Vec::new();
     for l in 0..n_layers {
-        let stats = if calibrate {
-            let mut col = Collector::new(1, false);
-            for h in &hidden {
-                model.block_forward(l, h, Some(&mut col))?;
-            }
-            Some(col.into_stats())
-        } else {
-            None
-        };
+        let stats = calib.stats(&model, l)?;
         for kind in LinearKind::ALL {
             let name = TensorNaming::HuggingFace.linear(l, kind, "weight");
             let (w, rows, cols) = tensor_vec(model.linear_weight(l, kind)?)?;
@@ -230,11 +215,7 @@ pub fn run(opts: &LowrankOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<L
                 Tensor::from_vec(f.b, (rank, cols), &Device::Cpu)?,
             )?;
         }
-        if calibrate && l + 1 < n_layers {
-            for h in hidden.iter_mut() {
-                *h = model.block_forward(l, h, None)?;
-            }
-        }
+        calib.advance(&model, l)?;
         progress(Event::Layer {
             index: l,
             total: n_layers,
@@ -259,8 +240,8 @@ pub fn run(opts: &LowrankOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<L
         dense_params: params - linear_params + dense_linear_params,
         linear_params,
         dense_linear_params,
-        calib_windows: n_windows,
-        calib_tokens: n_windows * opts.calib.ctx,
+        calib_windows: calib.windows,
+        calib_tokens: calib.windows * opts.calib.ctx,
         seconds_load,
         seconds_factor,
         seconds_write,

@@ -28,8 +28,8 @@ use tersor_prune::sparsegpt::{sparsegpt, SparseGptConfig};
 pub use tersor_prune::Pattern;
 use tersor_prune::{magnitude, wanda};
 
-use crate::calib::{CalibConfig, Calibration};
-use crate::collect::{Collector, Site};
+use crate::calib::{CalibConfig, Sequential};
+use crate::collect::Site;
 use crate::dense_out::write_dense_dir;
 use crate::error::{QuantizeError, Result};
 use crate::{output_bytes, tensor_vec, Event, TensorSummary};
@@ -210,20 +210,14 @@ pub fn run(opts: &PruneOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<Pru
 
     let t1 = Instant::now();
     let mut losses = std::collections::HashMap::new();
-    let mut hidden: Vec<Tensor> = Vec::new();
-    let mut n_windows = 0;
-    if opts.method.calibrates() {
-        let cal = Calibration::load(&opts.calib, &tokenizer)?;
-        n_windows = cal.windows.len();
-        progress(Event::Calibrated {
-            windows: n_windows,
-            tokens: cal.n_tokens(),
-        });
-        for chunk in cal.windows.chunks(opts.batch_windows.max(1)) {
-            let refs: Vec<&[u32]> = chunk.iter().map(|w| w.as_slice()).collect();
-            hidden.push(model.embed_batch(&refs)?);
-        }
-    }
+    let mut calib = Sequential::start(
+        opts.method.calibrates(),
+        &model,
+        &tokenizer,
+        &opts.calib,
+        opts.batch_windows,
+        progress,
+    )?;
     if opts.method == PruneMethod::MagnitudeGlobal {
         let Pattern::Unstructured(s) = opts.pattern else {
             unreachable!("checked above")
@@ -250,15 +244,7 @@ pub fn run(opts: &PruneOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<Pru
         }
     } else {
         for l in 0..n_layers {
-            let stats = if opts.method.calibrates() {
-                let mut col = Collector::new(1, false);
-                for h in &hidden {
-                    model.block_forward(l, h, Some(&mut col))?;
-                }
-                Some(col.into_stats())
-            } else {
-                None
-            };
+            let stats = calib.stats(&model, l)?;
             for kind in LinearKind::ALL {
                 let name = TensorNaming::HuggingFace.linear(l, kind, "weight");
                 let (w, rows, cols) = tensor_vec(model.linear_weight(l, kind)?)?;
@@ -293,11 +279,7 @@ pub fn run(opts: &PruneOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<Pru
                     Tensor::from_vec(out, (rows, cols), &Device::Cpu)?,
                 )?;
             }
-            if opts.method.calibrates() && l + 1 < n_layers {
-                for h in hidden.iter_mut() {
-                    *h = model.block_forward(l, h, None)?;
-                }
-            }
+            calib.advance(&model, l)?;
             progress(Event::Layer {
                 index: l,
                 total: n_layers,
@@ -345,8 +327,8 @@ pub fn run(opts: &PruneOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<Pru
         linear_zeros,
         linear_sparsity: linear_zeros as f64 / linear_params.max(1) as f64,
         sparse_bytes: dense_other + linears.iter().map(|t| t.sparse_bytes).sum::<u64>(),
-        calib_windows: n_windows,
-        calib_tokens: n_windows * opts.calib.ctx,
+        calib_windows: calib.windows,
+        calib_tokens: calib.windows * opts.calib.ctx,
         seconds_load,
         seconds_prune,
         seconds_write,

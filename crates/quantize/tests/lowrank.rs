@@ -3,9 +3,13 @@
 //! two-matmul layer that computes what the dense product does, and activation-aware SVD
 //! loses less than plain SVD.
 
+mod common;
+
 use std::path::Path;
 
-use tersor_model::{LinearKind, LoadedModel};
+use common::{decoder, kl_to_reference};
+
+use tersor_model::LinearKind;
 use tersor_prune::lowrank::rank_for_ratio;
 use tersor_quantize::lowrank::{run, LowrankMethod, LowrankOptions};
 use tersor_quantize::prune::FloatDtype;
@@ -34,29 +38,6 @@ fn options(
     );
     o.dtype = FloatDtype::F32;
     o
-}
-
-fn decoder(p: &Path) -> (tersor_model::Llama, tersor_model::TextTokenizer) {
-    match tersor_model::load(p).unwrap() {
-        LoadedModel::Decoder { model, tokenizer } => (model, tokenizer),
-        _ => panic!("not a decoder"),
-    }
-}
-
-fn kl_to_reference(model: &Path, reference: &Path, text: &Path) -> f64 {
-    let (m, t) = decoder(model);
-    let (r, rt) = decoder(reference);
-    let text = std::fs::read_to_string(text).unwrap();
-    let cfg = tersor_eval::PerplexityConfig {
-        ctx: 128,
-        max_windows: Some(8),
-        scoring: tersor_eval::Scoring::Full,
-        batch: 4,
-    };
-    let lm = |model, tokenizer| tersor_eval::Lm { model, tokenizer };
-    let rep = tersor_eval::perplexity(lm(&m, &t), Some(lm(&r, &rt)), &text, &cfg, &mut |_, _| {})
-        .unwrap();
-    rep.kl.unwrap().kld_mean
 }
 
 #[test]

@@ -1,7 +1,11 @@
 //! End-to-end runs of the quantization job on tiny synthetic Llamas: every ggml type
 //! cross-checked against the `gguf` Python package, GPTQ against RTN, bad inputs.
 
+mod common;
+
 use std::path::Path;
+
+use common::kl_to_reference;
 
 use sha2::{Digest, Sha256};
 use tersor_ggml::GgmlType;
@@ -108,39 +112,6 @@ fn every_ggml_type_decodes_identically_in_gguf_py() {
             }
         }
     }
-}
-
-/// Output KL of a quantized tiny model against the original on the calibration text
-/// (mean over positions of KL(p_ref || p_q)), with tersor-eval.
-fn kl_to_reference(model: &Path, reference: &Path, text: &Path) -> f64 {
-    let load = |p: &Path| match tersor_model::load(p).unwrap() {
-        tersor_model::LoadedModel::Decoder { model, tokenizer } => (model, tokenizer),
-        _ => panic!(),
-    };
-    let (m, t) = load(model);
-    let (r, rt) = load(reference);
-    let text = std::fs::read_to_string(text).unwrap();
-    let cfg = tersor_eval::PerplexityConfig {
-        ctx: 128,
-        max_windows: Some(8),
-        scoring: tersor_eval::Scoring::Full,
-        batch: 4,
-    };
-    let rep = tersor_eval::perplexity(
-        tersor_eval::Lm {
-            model: &m,
-            tokenizer: &t,
-        },
-        Some(tersor_eval::Lm {
-            model: &r,
-            tokenizer: &rt,
-        }),
-        &text,
-        &cfg,
-        &mut |_, _| {},
-    )
-    .unwrap();
-    rep.kl.unwrap().kld_mean
 }
 
 #[test]

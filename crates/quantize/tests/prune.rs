@@ -2,7 +2,11 @@
 //! directory loads, holds exactly the requested sparsity or N:M pattern, reproduces the
 //! model at sparsity 0, and SparseGPT and Wanda lose less than magnitude pruning.
 
+mod common;
+
 use std::path::Path;
+
+use common::kl_to_reference;
 
 use tersor_model::{LinearKind, LoadedModel};
 use tersor_quantize::prune::{run, FloatDtype, Pattern, PruneMethod, PruneOptions};
@@ -47,27 +51,6 @@ fn linears(path: &Path) -> Vec<(Vec<f32>, usize, usize)> {
         }
     }
     out
-}
-
-/// Mean KL(p_ref || p_model) over the calibration text, with tersor-eval.
-fn kl_to_reference(model: &Path, reference: &Path, text: &Path) -> f64 {
-    let load = |p: &Path| match tersor_model::load(p).unwrap() {
-        LoadedModel::Decoder { model, tokenizer } => (model, tokenizer),
-        _ => panic!(),
-    };
-    let (m, t) = load(model);
-    let (r, rt) = load(reference);
-    let text = std::fs::read_to_string(text).unwrap();
-    let cfg = tersor_eval::PerplexityConfig {
-        ctx: 128,
-        max_windows: Some(8),
-        scoring: tersor_eval::Scoring::Full,
-        batch: 4,
-    };
-    let lm = |model, tokenizer| tersor_eval::Lm { model, tokenizer };
-    let rep = tersor_eval::perplexity(lm(&m, &t), Some(lm(&r, &rt)), &text, &cfg, &mut |_, _| {})
-        .unwrap();
-    rep.kl.unwrap().kld_mean
 }
 
 #[test]

@@ -1,0 +1,49 @@
+//! What the layer-by-layer commands (`quantize`, `prune`, `lowrank`) share: the progress
+//! bar over blocks and the `--dtype` option.
+
+use std::io::IsTerminal;
+
+use anyhow::bail;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tersor_quantize::prune::FloatDtype;
+use tersor_quantize::Event;
+
+/// A progress bar over the model's blocks (hidden when `quiet` or stderr is not a
+/// terminal) and the callback that drives it; notes go to stderr unless `quiet`.
+pub fn progress(quiet: bool) -> (ProgressBar, impl Fn(Event) + Sync) {
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    if quiet || !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} blocks {msg} (eta {eta})",
+        )
+        .expect("valid progress template"),
+    );
+    let b = bar.clone();
+    let callback = move |e: Event| match e {
+        Event::Planned { layers, .. } => b.set_length(layers as u64),
+        Event::Calibrated { windows, tokens } => {
+            b.set_message(format!("calibration: {windows} windows, {tokens} tokens"))
+        }
+        Event::Layer { index, .. } => b.set_position(index as u64 + 1),
+        Event::Writing => b.set_message("writing"),
+        Event::Note(n) => {
+            if !quiet {
+                b.suspend(|| eprintln!("note: {n}"));
+            }
+        }
+    };
+    (bar, callback)
+}
+
+/// `--dtype f16|bf16|f32`.
+pub fn parse_dtype(s: &str) -> anyhow::Result<FloatDtype> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "f16" => FloatDtype::F16,
+        "bf16" => FloatDtype::BF16,
+        "f32" => FloatDtype::F32,
+        other => bail!("unknown --dtype {other:?} (f16, bf16 or f32)"),
+    })
+}
