@@ -14,7 +14,7 @@
 use faer::linalg::matmul::matmul;
 use faer::linalg::triangular_inverse::invert_lower_triangular;
 use faer::{Accum, Mat, Par, Side};
-use tersor_quant::gptq::clear_upper_simd_state_all_threads;
+use tersor_quant::gptq::{check_hessian, clear_upper_simd_state_all_threads};
 use tersor_quant::rtn::check_layer;
 
 use crate::{PruneError, Result};
@@ -109,21 +109,7 @@ pub fn asvd(
 ) -> Result<Factors> {
     check_layer(w, rows, cols, 1)?;
     check_rank(rank, rows, cols)?;
-    if h.len() != cols * cols {
-        return Err(PruneError::Shape(format!(
-            "Hessian has {} elements, [{cols}, {cols}] needs {}",
-            h.len(),
-            cols * cols
-        )));
-    }
-    if let Some(k) = h.iter().position(|x| !x.is_finite()) {
-        return Err(PruneError::NonFinite(format!(
-            "Hessian at ({}, {}) is {}",
-            k / cols,
-            k % cols,
-            h[k]
-        )));
-    }
+    check_hessian(h, cols)?;
     let damp = damp_percent * (0..cols).map(|i| h[i * cols + i]).sum::<f64>() / cols as f64;
     let hm = Mat::<f64>::from_fn(cols, cols, |i, j| {
         h[i * cols + j] + if i == j { damp } else { 0.0 }

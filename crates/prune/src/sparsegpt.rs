@@ -24,8 +24,8 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use tersor_quant::gptq::{
-    clear_upper_simd_state, clear_upper_simd_state_all_threads, inverse_cholesky_upper,
-    zero_dead_columns,
+    check_hessian, clear_upper_simd_state, clear_upper_simd_state_all_threads,
+    inverse_cholesky_upper, zero_dead_columns,
 };
 use tersor_quant::rtn::check_layer;
 
@@ -92,13 +92,7 @@ pub fn sparsegpt(
             )));
         }
     }
-    if h.len() != cols * cols {
-        return Err(PruneError::Shape(format!(
-            "{layer}: Hessian has {} elements, needs {}",
-            h.len(),
-            cols * cols
-        )));
-    }
+    check_hessian(h, cols)?;
 
     let mut w = w.to_vec();
     let mut h = h.to_vec();

@@ -457,7 +457,9 @@ fn check_config(cfg: &GptqConfig, gs: usize, cols: usize) -> Result<()> {
     Ok(())
 }
 
-fn check_hessian(h: &[f64], cols: usize) -> Result<()> {
+/// A Hessian `[cols, cols]` of the right length whose entries are all finite (the error
+/// names the first bad element).
+pub fn check_hessian(h: &[f64], cols: usize) -> Result<()> {
     let n = cols
         .checked_mul(cols)
         .ok_or_else(|| QuantError::Shape(format!("Hessian [{cols}, {cols}] overflows")))?;
