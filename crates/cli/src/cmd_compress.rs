@@ -215,7 +215,7 @@ pub fn run(args: Box<CompressArgs>) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| tersor_compress::output::default_output(&model, format, &budget));
     let opts = CompressOptions {
-        input: model,
+        input: model.to_path_buf(),
         output,
         format,
         budget,

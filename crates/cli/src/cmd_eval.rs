@@ -101,14 +101,19 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&text_path)
         .with_context(|| format!("cannot read the text {}", text_path.display()))?;
     let model = load(&model_path, "model")?;
-    let reference = args
-        .reference
-        .as_deref()
+    let reference_path = args.reference.clone().map(crate::open_model).transpose()?;
+    let reference = reference_path
+        .as_ref()
         .map(|p| load(p, "reference"))
         .transpose()?;
 
     let mut out = serde_json::Map::new();
-    out.insert("model".into(), model_path.display().to_string().into());
+    // The path as given (a pack file's name, not its temporary unpacking).
+    let shown = args
+        .model
+        .clone()
+        .unwrap_or_else(|| model_path.to_path_buf());
+    out.insert("model".into(), shown.display().to_string().into());
     out.insert(
         "reference".into(),
         args.reference

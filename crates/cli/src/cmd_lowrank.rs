@@ -68,7 +68,7 @@ pub fn run(args: LowrankArgs) -> anyhow::Result<()> {
         None => PathBuf::new(),
     };
     let mut opts = LowrankOptions::new(
-        model,
+        model.to_path_buf(),
         args.output.clone(),
         args.ratio,
         method,

@@ -95,7 +95,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         None => PathBuf::new(),
     };
     let mut opts = PruneOptions::new(
-        model,
+        model.to_path_buf(),
         args.output.clone(),
         pattern,
         method,

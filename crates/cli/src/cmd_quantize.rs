@@ -82,7 +82,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         None => PathBuf::new(),
     };
     let mut opts = QuantizeOptions::new(
-        model,
+        model.to_path_buf(),
         args.output.clone(),
         target,
         method,

@@ -14,6 +14,7 @@ mod cmd_eval;
 mod cmd_fetch;
 mod cmd_inspect;
 mod cmd_lowrank;
+mod cmd_pack;
 mod cmd_prune;
 mod cmd_quantize;
 
@@ -52,6 +53,12 @@ enum Command {
     /// (EvoPress over a level database), beside uniform, heuristic, DP and random
     /// baselines; with no arguments, the default LM to a 5.25 bpw GGUF.
     Compress(cmd_compress::CompressArgs),
+    /// Pack a model file or directory losslessly (byte planes, rANS, zstd;
+    /// checksummed, random access by tensor).
+    Pack(cmd_pack::PackArgs),
+    /// Restore the file or directory a pack file holds, checking every
+    /// checksum.
+    Unpack(cmd_pack::UnpackArgs),
 }
 
 /// Sizes the thread pools before anything can start them: rayon's global
@@ -78,6 +85,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune(args) => cmd_prune::run(args),
         Command::Lowrank(args) => cmd_lowrank::run(args),
         Command::Compress(args) => cmd_compress::run(Box::new(args)),
+        Command::Pack(args) => cmd_pack::run_pack(args),
+        Command::Unpack(args) => cmd_pack::run_unpack(args),
     }
 }
 
@@ -109,13 +118,51 @@ fn restore_sigpipe() {
 }
 
 /// The model to work on: the one given, else the default LM (fetched and
-/// verified on first use).
-pub(crate) fn model_or_default(
-    model: Option<std::path::PathBuf>,
-) -> anyhow::Result<std::path::PathBuf> {
+/// verified on first use). A `tersor pack` file is unpacked to a temporary
+/// folder, removed when the returned value drops, so every command takes
+/// packed models directly.
+pub(crate) fn model_or_default(model: Option<std::path::PathBuf>) -> anyhow::Result<ModelPath> {
     match model {
-        Some(p) => Ok(p),
-        None => tersor_assets::ensure_default_lm().context("cannot obtain the default model"),
+        Some(p) => open_model(p),
+        None => Ok(ModelPath {
+            path: tersor_assets::ensure_default_lm().context("cannot obtain the default model")?,
+            _unpacked: None,
+        }),
+    }
+}
+
+/// `path`, unpacked first when it is a pack file.
+pub(crate) fn open_model(path: std::path::PathBuf) -> anyhow::Result<ModelPath> {
+    let (p, tmp) = tersor_pack::unpack_if_packed(&path)?;
+    if tmp.is_some() {
+        eprintln!(
+            "note: {} is a pack file; unpacked to {}",
+            path.display(),
+            p.display()
+        );
+    }
+    Ok(ModelPath {
+        path: p,
+        _unpacked: tmp,
+    })
+}
+
+/// A model path, and the temporary folder it lives in when it was unpacked.
+pub(crate) struct ModelPath {
+    path: std::path::PathBuf,
+    _unpacked: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for ModelPath {
+    type Target = std::path::PathBuf;
+    fn deref(&self) -> &std::path::PathBuf {
+        &self.path
+    }
+}
+
+impl AsRef<std::path::Path> for ModelPath {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.path
     }
 }
 

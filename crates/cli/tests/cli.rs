@@ -551,3 +551,92 @@ fn prune_default_lm_to_two_of_four() {
     }
     assert!(!bad.exists());
 }
+
+/// `tersor pack` / `unpack` on the default LM and the encoder folder: bit-exact,
+/// and `inspect` reads the packed files as it reads the originals.
+#[test]
+fn pack_unpack_and_inspect_packed_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = default_lm();
+    let packed = dir.path().join("lm.tsp");
+    let report = json(&[
+        "pack",
+        s(&lm),
+        "-o",
+        s(&packed),
+        "--verify",
+        "--stats",
+        "--json",
+    ]);
+    let packed_len = std::fs::metadata(&packed).unwrap().len();
+    assert_eq!(report["packed_bytes"].as_u64(), Some(packed_len));
+    assert_eq!(report["verified"], true);
+    assert!(
+        report["ratio"].as_f64().unwrap() <= 0.88,
+        "{}",
+        report["ratio"]
+    );
+    let q41 = report["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["layout"] == "q4_1")
+        .expect("Q4_1 tensors coded as q4_1 planes");
+    assert!(q41["packed_bytes"].as_u64() < q41["raw_bytes"].as_u64());
+
+    let out = dir.path().join("lm.gguf");
+    ok(&["unpack", s(&packed), "-o", s(&out)]);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&lm).unwrap());
+
+    let direct = json(&["inspect", s(&lm), "--json"]);
+    let via_pack = json(&["inspect", s(&packed), "--json"]);
+    assert_eq!(via_pack["parameters"], direct["parameters"]);
+    assert_eq!(via_pack["parameters"].as_u64(), Some(LM_PARAMS));
+
+    // A directory: the encoder folder, inspected straight from the pack.
+    let enc = default_encoder();
+    let enc_packed = dir.path().join("minilm.tsp");
+    ok(&["pack", s(&enc), "-o", s(&enc_packed)]);
+    let via_pack = json(&["inspect", s(&enc_packed), "--json"]);
+    assert_eq!(via_pack["parameters"].as_u64(), Some(ENCODER_PARAMS));
+    let enc_out = dir.path().join("minilm");
+    ok(&["unpack", s(&enc_packed), "-o", s(&enc_out)]);
+    assert!(
+        std::fs::read(enc_out.join("model.safetensors")).unwrap()
+            == std::fs::read(enc.join("model.safetensors")).unwrap()
+    );
+    // Unpacking a directory never overwrites one.
+    let o = tersor(&["unpack", s(&enc_packed), "-o", s(&enc_out)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+}
+
+/// A damaged pack file is reported (naming the file), and nothing is written.
+#[test]
+fn unpack_reports_corruption_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let enc = default_encoder();
+    let packed = dir.path().join("m.tsp");
+    ok(&["pack", s(&enc.join("model.safetensors")), "-o", s(&packed)]);
+    let mut bytes = std::fs::read(&packed).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    let bad = dir.path().join("bad.tsp");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let o = tersor(&["unpack", s(&bad), "-o", s(&out)]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(s(&bad)) && err.contains("corrupt"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists(), "no half-written output");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(leftovers.len(), 2, "temporary files left behind");
+    // Not a pack file at all.
+    let o = tersor(&["unpack", s(&enc.join("config.json")), "-o", s(&out)]);
+    assert!(
+        stderr(&o).contains("not a tersor pack file"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -1,0 +1,257 @@
+//! One chunk: up to [`crate::format::MAX_CHUNK`] bytes of one segment,
+//! coded on its own so that chunks decode independently and in parallel.
+//!
+//! Payload: a codec byte, then
+//! - `0` stored: the bytes as they are;
+//! - `1` zstd: one zstd frame (generic data: headers, integers, k-quants);
+//! - `2` planes: layout id, plane count,
+//!   record count (u32), then per plane a codec byte
+//!   (`0` raw, `1` constant, `2` rANS), a u32 length and the plane's bytes;
+//!   then the tail (bytes after the last whole record), stored.
+//!
+//! The encoder measures: each plane takes the smallest of its codings, and
+//! the chunk falls back to stored when coding does not pay.
+
+use crate::error::Corrupt;
+use crate::planes::Layout;
+use crate::rans;
+
+/// How the encoder should try to code a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Opaque bytes: zstd at this level, or stored.
+    Generic { zstd_level: i32 },
+    /// Byte planes of a known layout, each rANS-coded where that pays.
+    Planes(Layout),
+}
+
+const STORED: u8 = 0;
+const ZSTD: u8 = 1;
+pub(crate) const PLANES: u8 = 2;
+
+const PLANE_RAW: u8 = 0;
+const PLANE_CONST: u8 = 1;
+const PLANE_RANS: u8 = 2;
+
+/// An encoded chunk and, for `--stats`, the order-0 entropy of its planes
+/// in bits (what a static per-plane coder could at best reach).
+pub struct Encoded {
+    pub payload: Vec<u8>,
+    pub entropy_bits: f64,
+}
+
+pub fn encode(raw: &[u8], kind: Kind) -> Encoded {
+    let (mut payload, entropy_bits) = match kind {
+        Kind::Generic { zstd_level } => {
+            let bound = rans::entropy_bits(&rans::histogram(raw));
+            let mut p = vec![ZSTD];
+            // Writing into a Vec cannot fail.
+            p.extend(zstd::bulk::compress(raw, zstd_level).expect("zstd into memory"));
+            (p, bound)
+        }
+        Kind::Planes(layout) => encode_planes(raw, layout),
+    };
+    if payload.len() > raw.len() + 1 {
+        payload.clear();
+        payload.push(STORED);
+        payload.extend_from_slice(raw);
+    }
+    Encoded {
+        payload,
+        entropy_bits,
+    }
+}
+
+fn encode_planes(raw: &[u8], layout: Layout) -> (Vec<u8>, f64) {
+    let w = layout.record_size();
+    let whole = raw.len() / w * w;
+    let planes = layout.split(&raw[..whole]);
+    let mut p = Vec::with_capacity(raw.len() / 2 + 64);
+    p.extend_from_slice(&[PLANES, layout.id(), planes.len() as u8]);
+    p.extend_from_slice(&((whole / w) as u32).to_le_bytes());
+    let mut entropy = (raw.len() - whole) as f64 * 8.0;
+    for plane in &planes {
+        let counts = rans::histogram(plane);
+        entropy += rans::entropy_bits(&counts);
+        let distinct = counts.iter().filter(|&&c| c > 0).count();
+        let start = p.len();
+        p.extend_from_slice(&[0; 5]);
+        if distinct == 1 {
+            p[start] = PLANE_CONST;
+            p.push(plane[0]);
+        } else if distinct == 0 {
+            p[start] = PLANE_RAW;
+        } else {
+            let table = rans::Table::from_counts(&counts);
+            // Estimate first: encoding a plane that will not pay is wasted
+            // time on the near-uniform mantissa planes of some tensors.
+            let estimate = table.cost_bits(&counts) / 8.0 + 300.0;
+            if estimate < plane.len() as f64 {
+                p[start] = PLANE_RANS;
+                table.write(&mut p);
+                rans::encode(plane, &table, &mut p);
+            }
+            if p[start] != PLANE_RANS || p.len() - start - 5 >= plane.len() {
+                p.truncate(start + 5);
+                p[start] = PLANE_RAW;
+                p.extend_from_slice(plane);
+            }
+        }
+        let len = (p.len() - start - 5) as u32;
+        p[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
+    }
+    p.extend_from_slice(&raw[whole..]);
+    (p, entropy)
+}
+
+/// Decodes `payload` into `out`, whose length (the chunk's raw length from
+/// the index) the payload must fill exactly.
+pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), Corrupt> {
+    let (&codec, body) = payload
+        .split_first()
+        .ok_or(Corrupt("empty chunk payload"))?;
+    match codec {
+        STORED => {
+            if body.len() != out.len() {
+                return Err(Corrupt("stored chunk of the wrong length"));
+            }
+            out.copy_from_slice(body);
+            Ok(())
+        }
+        ZSTD => {
+            let n = zstd::bulk::decompress_to_buffer(body, out)
+                .map_err(|_| Corrupt("zstd frame does not decode"))?;
+            if n != out.len() {
+                return Err(Corrupt("zstd frame of the wrong length"));
+            }
+            Ok(())
+        }
+        PLANES => decode_planes(body, out),
+        _ => Err(Corrupt("unknown chunk codec")),
+    }
+}
+
+fn decode_planes(body: &[u8], out: &mut [u8]) -> Result<(), Corrupt> {
+    let [id, n_planes, r0, r1, r2, r3, ..] = *body else {
+        return Err(Corrupt("plane chunk truncated"));
+    };
+    let layout = Layout::from_id(id).ok_or(Corrupt("unknown plane layout"))?;
+    if n_planes as usize != layout.n_planes() {
+        return Err(Corrupt("plane count does not match the layout"));
+    }
+    let w = layout.record_size();
+    let n = out.len() / w;
+    let whole = n * w;
+    if u32::from_le_bytes([r0, r1, r2, r3]) as usize != n {
+        return Err(Corrupt("plane chunk of the wrong record count"));
+    }
+    let mut pos = 6;
+    // Decoded planes go to a per-thread scratch buffer reused across chunks
+    // (fresh megabyte allocations would page-fault on every chunk); raw
+    // planes are borrowed from the payload.
+    SCRATCH.with_borrow_mut(|scratch| {
+        let mut spans = [(false, 0usize, 0usize); MAX_PLANES];
+        let mut used = 0usize;
+        for (p, span) in spans.iter_mut().enumerate().take(layout.n_planes()) {
+            let want = layout.plane_len(p, n);
+            let head = body
+                .get(pos..pos + 5)
+                .ok_or(Corrupt("plane header truncated"))?;
+            let len = u32::from_le_bytes(head[1..5].try_into().unwrap()) as usize;
+            let data = body
+                .get(pos + 5..pos + 5 + len)
+                .ok_or(Corrupt("plane data truncated"))?;
+            match head[0] {
+                PLANE_RAW => {
+                    if len != want {
+                        return Err(Corrupt("raw plane of the wrong length"));
+                    }
+                    *span = (false, pos + 5, len);
+                }
+                PLANE_CONST | PLANE_RANS => {
+                    if scratch.len() < used + want {
+                        scratch.resize(used + want, 0);
+                    }
+                    let buf = &mut scratch[used..used + want];
+                    if head[0] == PLANE_CONST {
+                        if len != 1 {
+                            return Err(Corrupt("constant plane of the wrong length"));
+                        }
+                        buf.fill(data[0]);
+                    } else {
+                        let (table, t) = rans::Table::read(data)?;
+                        rans::decode(&data[t..], &table, buf)?;
+                    }
+                    *span = (true, used, want);
+                    used += want;
+                }
+                _ => return Err(Corrupt("unknown plane codec")),
+            }
+            pos += 5 + len;
+        }
+        let tail = &body[pos.min(body.len())..];
+        if tail.len() != out.len() - whole {
+            return Err(Corrupt("plane chunk tail of the wrong length"));
+        }
+        let mut planes: [&[u8]; MAX_PLANES] = [&[]; MAX_PLANES];
+        for (p, &(dec, at, len)) in spans.iter().enumerate().take(layout.n_planes()) {
+            planes[p] = if dec {
+                &scratch[at..at + len]
+            } else {
+                &body[at..at + len]
+            };
+        }
+        layout.merge(&planes[..layout.n_planes()], &mut out[..whole]);
+        out[whole..].copy_from_slice(tail);
+        Ok(())
+    })
+}
+
+/// The most planes a layout has (Q5_1's six).
+const MAX_PLANES: usize = 8;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_codec_round_trips_including_tails_and_empty() {
+        let floats: Vec<u8> = (0..10_001)
+            .flat_map(|i| ((i as f32 * 0.37).sin() * 0.05).to_le_bytes())
+            .chain([1, 2, 3])
+            .collect();
+        for kind in [
+            Kind::Generic { zstd_level: 3 },
+            Kind::Planes(Layout::F32),
+            Kind::Planes(Layout::Bf16),
+            Kind::Planes(Layout::F16),
+            Kind::Planes(Layout::Bytes),
+            Kind::Planes(Layout::for_ggml(tersor_ggml::GgmlType::Q4_1).unwrap()),
+        ] {
+            for len in [0usize, 1, 3, 21, 1000, floats.len()] {
+                let raw = &floats[..len];
+                let e = encode(raw, kind);
+                let mut out = vec![0u8; len];
+                decode(&e.payload, &mut out).unwrap();
+                assert_eq!(out, raw, "{kind:?} len {len}");
+                // A wrong declared length is an error, not a short read.
+                let mut longer = vec![0u8; len + 1];
+                assert!(decode(&e.payload, &mut longer).is_err(), "{kind:?} {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn float_planes_beat_stored_on_smooth_weights() {
+        let raw: Vec<u8> = (0..65_536)
+            .flat_map(|i| (((i as f32) * 0.61).sin() * 0.02).to_le_bytes())
+            .collect();
+        let e = encode(&raw, Kind::Planes(Layout::F32));
+        assert!(e.payload.len() < raw.len() * 9 / 10, "{}", e.payload.len());
+        assert!(e.entropy_bits / 8.0 < e.payload.len() as f64);
+    }
+}
