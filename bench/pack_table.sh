@@ -61,9 +61,11 @@ load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 read -ra threads <<< "$threads_list"
 
-# tersor first: a missing or broken `pack` fails here, before the long peer run.
-# tersor.tsv lists threads, file and JSON output, one run a line.
+# Per file, tersor then the peers, so that both see the same machine state
+# (the cores are shared; a whole tersor pass then a whole peer pass would
+# compare different moments). tersor.tsv lists threads, file and JSON output.
 : > "$out_dir/tersor.tsv"
+peer_jsons=()
 for f in "${files[@]}"; do
     for t in "${threads[@]}"; do
         j="$out_dir/tersor.$(basename "$f").t$t.json"
@@ -71,11 +73,22 @@ for f in "${files[@]}"; do
         "$tersor" pack "$f" --bench --threads "$t" --json > "$j"
         printf '%s\t%s\t%s\n' "$t" "$f" "$j" >> "$out_dir/tersor.tsv"
     done
+    # ZipNN at each thread count, zstd single-threaded, and the bound.
+    pj="$out_dir/peers.$(basename "$f").json"
+    "$py" "$here/pack_peers.py" measure --threads "$(IFS=,; echo "${threads[*]}")" --runs "$runs" \
+        "$f" > "$pj"
+    peer_jsons+=("$pj")
 done
-
-# Peers and the bound (ZipNN at each thread count; zstd single-threaded).
-"$py" "$here/pack_peers.py" measure --threads "$(IFS=,; echo "${threads[*]}")" --runs "$runs" \
-    "${files[@]}" > "$out_dir/peers.json"
+# One peers.json: the versions once, the files and results of every run.
+"$py" - "${peer_jsons[@]}" > "$out_dir/peers.json" <<'EOF'
+import json, sys
+parts = [json.load(open(p)) for p in sys.argv[1:]]
+out = {"versions": parts[0]["versions"], "files": [], "results": []}
+for p in parts:
+    out["files"] += p["files"]
+    out["results"] += p["results"]
+json.dump(out, sys.stdout, indent=1)
+EOF
 
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 tersor_version="$("$tersor" --version 2>/dev/null || echo "tersor (version unknown)")"
@@ -133,7 +146,8 @@ print()
 print("Files: all-MiniLM-L6-v2 `model.safetensors` (f32), its bf16 and f16 conversions (round to "
       "nearest even; the int64 `position_ids` tensor left as is), and the default LM's GGUF. "
       "Ratio = compressed / original; speeds in MB/s (10^6 B/s) of uncompressed data, in memory, "
-      f"median of {runs}, compress → decompress; the cores are shared, so speeds vary.")
+      f"median of {runs}, compress → decompress; the cores are shared, so speeds vary (each "
+      "file's tersor runs come right before its peer runs, so both see the same load).")
 print()
 print("| tool | " + " | ".join(label(f) for f in files) + " |")
 print("|---|" + "---|" * len(files))

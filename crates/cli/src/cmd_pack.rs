@@ -187,6 +187,10 @@ fn print_stats(s: &PackSummary) {
         "layout", "segments", "raw bytes", "packed bytes", "ratio", "order-0"
     );
     for (l, (raw, packed, ent, n)) in &by {
+        if *l == "container" {
+            println!("{:<10} {:>8} {:>14} {:>14}", "container", "", "", packed);
+            continue;
+        }
         println!(
             "{:<10} {:>8} {:>14} {:>14} {:>8.4} {:>9.4}",
             l,
@@ -200,13 +204,17 @@ fn print_stats(s: &PackSummary) {
     println!(
         "{:<10} {:>8} {:>14} {:>14} {:>8.4} {:>9.4}",
         "total",
-        s.segments.len(),
+        s.segments.len() - 1,
         s.original_bytes,
         s.packed_bytes,
         s.ratio(),
         entropy_total(s) / s.original_bytes.max(1) as f64
     );
-    let mut worst: Vec<_> = s.segments.iter().filter(|x| x.raw_bytes >= 4096).collect();
+    let mut worst: Vec<_> = s
+        .segments
+        .iter()
+        .filter(|x| x.raw_bytes >= 4096 && x.layout != "container")
+        .collect();
     worst.sort_by(|a, b| {
         let ra = a.packed_bytes as f64 / a.raw_bytes as f64;
         let rb = b.packed_bytes as f64 / b.raw_bytes as f64;

@@ -319,12 +319,17 @@ fn pack_sources<W: Write>(
     w.write_all(&index)?;
     w.write_all(&format::footer(at, &index))?;
     let packed = at + index.len() as u64 + format::FOOTER_LEN;
-    // The container's own bytes (header, index, footer) go to the first
-    // segment of the first member so the per-segment sizes add up.
+    // The container's own bytes (header, index, footer) as a row of their
+    // own, so that the rows add up to the file.
     let coded: u64 = stats.iter().map(|s| s.packed_bytes).sum();
-    if let Some(s) = stats.first_mut() {
-        s.packed_bytes += packed - coded;
-    }
+    stats.push(SegmentStats {
+        member: String::new(),
+        name: "<container>".into(),
+        layout: "container".into(),
+        raw_bytes: 0,
+        packed_bytes: packed - coded,
+        entropy_bytes: 0.0,
+    });
     Ok(PackSummary {
         original_bytes: original,
         packed_bytes: packed,
