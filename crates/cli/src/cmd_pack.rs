@@ -37,6 +37,11 @@ pub struct PackArgs {
     #[arg(long, default_value_t = tersor_pack::DEFAULT_CHUNK, value_name = "BYTES")]
     chunk_size: usize,
 
+    /// Entropy-code a byte plane only when that saves at least this share
+    /// of it (0 codes every plane that gains at all: smallest, slowest).
+    #[arg(long, default_value_t = tersor_pack::DEFAULT_MIN_GAIN, value_name = "SHARE")]
+    min_gain: f64,
+
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
@@ -99,6 +104,9 @@ pub fn run_pack(args: PackArgs) -> anyhow::Result<()> {
     if args.chunk_size == 0 {
         bail!("--chunk-size must be positive");
     }
+    if !(0.0..1.0).contains(&args.min_gain) {
+        bail!("--min-gain {} is outside [0, 1)", args.min_gain);
+    }
     let output = match (&args.output, args.stats) {
         (Some(o), _) => o.clone(),
         (None, true) => PathBuf::new(),
@@ -108,6 +116,7 @@ pub fn run_pack(args: PackArgs) -> anyhow::Result<()> {
     let tick = |n: u64| pb.inc(n);
     let opts = PackOptions {
         chunk_size: args.chunk_size,
+        min_gain: args.min_gain,
         progress: Some(&tick),
         ..PackOptions::default()
     };
@@ -256,6 +265,7 @@ fn bench(args: &PackArgs) -> anyhow::Result<()> {
         .unwrap_or("file");
     let opts = PackOptions {
         chunk_size: args.chunk_size,
+        min_gain: args.min_gain,
         ..PackOptions::default()
     };
     let (mut ct, mut dt) = (Vec::new(), Vec::new());

@@ -42,7 +42,7 @@ fn main() {
     let floats: Vec<u8> = (0..n / 4)
         .flat_map(|_| ((rng.random::<f32>() - 0.5) * 0.1).to_le_bytes())
         .collect();
-    let e = chunk::encode(&floats, chunk::Kind::Planes(Layout::F32));
+    let e = chunk::encode(&floats, chunk::Kind::Planes(Layout::F32), 0.0);
     let mut out = vec![0u8; floats.len()];
     let t = Instant::now();
     for _ in 0..10 {

@@ -40,7 +40,11 @@ pub struct Encoded {
     pub entropy_bits: f64,
 }
 
-pub fn encode(raw: &[u8], kind: Kind) -> Encoded {
+/// Codes `raw`. A plane is entropy-coded only when that saves at least
+/// `min_gain` of its size: decoding a plane costs far more than copying
+/// it, and a plane that saves less (the sign-and-top-mantissa byte of a
+/// float saves ~0.4 %) buys too little for the time.
+pub fn encode(raw: &[u8], kind: Kind, min_gain: f64) -> Encoded {
     let (mut payload, entropy_bits) = match kind {
         Kind::Generic { zstd_level } => {
             let bound = rans::entropy_bits(&rans::histogram(raw));
@@ -49,7 +53,7 @@ pub fn encode(raw: &[u8], kind: Kind) -> Encoded {
             p.extend(zstd::bulk::compress(raw, zstd_level).expect("zstd into memory"));
             (p, bound)
         }
-        Kind::Planes(layout) => encode_planes(raw, layout),
+        Kind::Planes(layout) => encode_planes(raw, layout, min_gain),
     };
     if payload.len() > raw.len() + 1 {
         payload.clear();
@@ -62,7 +66,7 @@ pub fn encode(raw: &[u8], kind: Kind) -> Encoded {
     }
 }
 
-fn encode_planes(raw: &[u8], layout: Layout) -> (Vec<u8>, f64) {
+fn encode_planes(raw: &[u8], layout: Layout, min_gain: f64) -> (Vec<u8>, f64) {
     let w = layout.record_size();
     let whole = raw.len() / w * w;
     let planes = layout.split(&raw[..whole]);
@@ -86,12 +90,13 @@ fn encode_planes(raw: &[u8], layout: Layout) -> (Vec<u8>, f64) {
             // Estimate first: encoding a plane that will not pay is wasted
             // time on the near-uniform mantissa planes of some tensors.
             let estimate = table.cost_bits(&counts) / 8.0 + 300.0;
-            if estimate < plane.len() as f64 {
+            let worth = plane.len() as f64 * (1.0 - min_gain);
+            if estimate < worth {
                 p[start] = PLANE_RANS;
                 table.write(&mut p);
                 rans::encode(plane, &table, &mut p);
             }
-            if p[start] != PLANE_RANS || p.len() - start - 5 >= plane.len() {
+            if p[start] != PLANE_RANS || (p.len() - start - 5) as f64 >= worth {
                 p.truncate(start + 5);
                 p[start] = PLANE_RAW;
                 p.extend_from_slice(plane);
@@ -234,7 +239,7 @@ mod tests {
         ] {
             for len in [0usize, 1, 3, 21, 1000, floats.len()] {
                 let raw = &floats[..len];
-                let e = encode(raw, kind);
+                let e = encode(raw, kind, 0.0);
                 let mut out = vec![0u8; len];
                 decode(&e.payload, &mut out).unwrap();
                 assert_eq!(out, raw, "{kind:?} len {len}");
@@ -250,7 +255,7 @@ mod tests {
         let raw: Vec<u8> = (0..65_536)
             .flat_map(|i| (((i as f32) * 0.61).sin() * 0.02).to_le_bytes())
             .collect();
-        let e = encode(&raw, Kind::Planes(Layout::F32));
+        let e = encode(&raw, Kind::Planes(Layout::F32), 0.0);
         assert!(e.payload.len() < raw.len() * 9 / 10, "{}", e.payload.len());
         assert!(e.entropy_bits / 8.0 < e.payload.len() as f64);
     }

@@ -31,9 +31,17 @@ use rayon::prelude::*;
 pub use error::{Corrupt, PackError, Result};
 use format::{ChunkEntry, Index, Member, MemberKind, Segment};
 
-/// Default raw chunk size: large enough that a chunk's tables cost < 0.1 %,
-/// small enough that tables follow the statistics along a tensor.
-pub const DEFAULT_CHUNK: usize = 1 << 20;
+/// Default raw chunk size: large enough that a chunk's tables and states
+/// cost ~0.1 %, small enough that the tables follow the statistics along a
+/// tensor. Measured on the default encoder's f32 weights (with the default
+/// `min_gain`): 512 KiB 0.8185, 768 KiB 0.8184, 1 MiB 0.8190, 2 MiB 0.8194,
+/// 4 MiB 0.8208.
+pub const DEFAULT_CHUNK: usize = 768 << 10;
+
+/// Default [`PackOptions::min_gain`]: on the default encoder's weights it
+/// stores the sign-and-mantissa plane of f32 and bf16 raw (ratio 0.0004 /
+/// 0.001 worse at 1 MiB chunks) and decodes them 1.1–1.4× faster.
+pub const DEFAULT_MIN_GAIN: f64 = 0.005;
 
 #[derive(Clone, Copy)]
 pub struct PackOptions<'a> {
@@ -42,6 +50,8 @@ pub struct PackOptions<'a> {
     /// zstd level for generic segments up to [`SMALL_GENERIC`] bytes
     /// (headers, tokenizer metadata); larger ones use level 6.
     pub zstd_level: i32,
+    /// The smallest saving (share of a plane) worth entropy coding a plane.
+    pub min_gain: f64,
     /// Called with the number of input bytes just coded.
     pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
 }
@@ -51,6 +61,7 @@ impl Default for PackOptions<'_> {
         PackOptions {
             chunk_size: DEFAULT_CHUNK,
             zstd_level: 19,
+            min_gain: DEFAULT_MIN_GAIN,
             progress: None,
         }
     }
@@ -284,7 +295,7 @@ fn pack_sources<W: Write>(
                 .par_iter()
                 .map(|j| {
                     let raw = &bytes[j.start..j.end];
-                    let e = chunk::encode(raw, j.kind);
+                    let e = chunk::encode(raw, j.kind, opts.min_gain);
                     if let Some(p) = opts.progress {
                         p(raw.len() as u64);
                     }
