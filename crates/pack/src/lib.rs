@@ -2,7 +2,7 @@
 //!
 //! A file (or every file of a directory) is cut into segments, one per
 //! tensor plus the headers and gaps between them (`scan`), each segment
-//! into chunks of about a MiB, and each chunk coded on its own (`chunk`):
+//! into chunks of 768 KiB, and each chunk coded on its own (`chunk`):
 //! float tensors as exponent-aligned byte planes with a static order-0
 //! rANS coder per plane and chunk (`planes`, `rans`; ZipNN's and
 //! DFloat11's idea, with tables that adapt every chunk), GGUF blocks with
