@@ -7,7 +7,8 @@
 //! - `2` planes: layout id, plane count,
 //!   record count (u32), then per plane a codec byte
 //!   (`0` raw, `1` constant, `2` rANS), a u32 length and the plane's bytes;
-//!   then the tail (bytes after the last whole record), stored.
+//!   then the tail (bytes after the last whole record), stored;
+//! - `3` sparse: zero records as a bitmask, the others as a plane chunk.
 //!
 //! The encoder measures: each plane takes the smallest of its codings, and
 //! the chunk falls back to stored when coding does not pay.
@@ -28,6 +29,7 @@ pub enum Kind {
 const STORED: u8 = 0;
 const ZSTD: u8 = 1;
 pub(crate) const PLANES: u8 = 2;
+const SPARSE: u8 = 3;
 
 const PLANE_RAW: u8 = 0;
 const PLANE_CONST: u8 = 1;
@@ -53,7 +55,13 @@ pub fn encode(raw: &[u8], kind: Kind, min_gain: f64) -> Encoded {
             p.extend(zstd::bulk::compress(raw, zstd_level).expect("zstd into memory"));
             (p, bound)
         }
-        Kind::Planes(layout) => encode_planes(raw, layout, min_gain),
+        Kind::Planes(layout) => {
+            let (planes, bound) = encode_planes(raw, layout, min_gain);
+            match encode_sparse(raw, layout, min_gain) {
+                Some(sparse) if sparse.len() < planes.len() => (sparse, bound),
+                _ => (planes, bound),
+            }
+        }
     };
     if payload.len() > raw.len() + 1 {
         payload.clear();
@@ -75,38 +83,151 @@ fn encode_planes(raw: &[u8], layout: Layout, min_gain: f64) -> (Vec<u8>, f64) {
     p.extend_from_slice(&((whole / w) as u32).to_le_bytes());
     let mut entropy = (raw.len() - whole) as f64 * 8.0;
     for plane in &planes {
-        let counts = rans::histogram(plane);
-        entropy += rans::entropy_bits(&counts);
-        let distinct = counts.iter().filter(|&&c| c > 0).count();
-        let start = p.len();
-        p.extend_from_slice(&[0; 5]);
-        if distinct == 1 {
-            p[start] = PLANE_CONST;
-            p.push(plane[0]);
-        } else if distinct == 0 {
-            p[start] = PLANE_RAW;
-        } else {
-            let table = rans::Table::from_counts(&counts);
-            // Estimate first: encoding a plane that will not pay is wasted
-            // time on the near-uniform mantissa planes of some tensors.
-            let estimate = table.cost_bits(&counts) / 8.0 + 300.0;
-            let worth = plane.len() as f64 * (1.0 - min_gain);
-            if estimate < worth {
-                p[start] = PLANE_RANS;
-                table.write(&mut p);
-                rans::encode(plane, &table, &mut p);
-            }
-            if p[start] != PLANE_RANS || (p.len() - start - 5) as f64 >= worth {
-                p.truncate(start + 5);
-                p[start] = PLANE_RAW;
-                p.extend_from_slice(plane);
-            }
-        }
-        let len = (p.len() - start - 5) as u32;
-        p[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
+        entropy += encode_plane(plane, &mut p, min_gain);
     }
     p.extend_from_slice(&raw[whole..]);
     (p, entropy)
+}
+
+/// Appends one plane as `codec u8, len u32, bytes`: constant, rANS when
+/// that saves at least `min_gain` of it, else raw. Returns the plane's
+/// order-0 entropy in bits.
+fn encode_plane(plane: &[u8], p: &mut Vec<u8>, min_gain: f64) -> f64 {
+    let counts = rans::histogram(plane);
+    let distinct = counts.iter().filter(|&&c| c > 0).count();
+    let start = p.len();
+    p.extend_from_slice(&[0; 5]);
+    if distinct == 1 {
+        p[start] = PLANE_CONST;
+        p.push(plane[0]);
+    } else if distinct == 0 {
+        p[start] = PLANE_RAW;
+    } else {
+        let table = rans::Table::from_counts(&counts);
+        // Estimate first: encoding a plane that will not pay is wasted
+        // time on the near-uniform mantissa planes of some tensors.
+        let estimate = table.cost_bits(&counts) / 8.0 + 300.0;
+        let worth = plane.len() as f64 * (1.0 - min_gain);
+        if estimate < worth {
+            p[start] = PLANE_RANS;
+            table.write(p);
+            rans::encode(plane, &table, p);
+        }
+        if p[start] != PLANE_RANS || (p.len() - start - 5) as f64 >= worth {
+            p.truncate(start + 5);
+            p[start] = PLANE_RAW;
+            p.extend_from_slice(plane);
+        }
+    }
+    let len = (p.len() - start - 5) as u32;
+    p[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
+    rans::entropy_bits(&counts)
+}
+
+/// Zero records (all bytes zero: pruned weights, padding; `-0.0` is not
+/// one) as a bitmask, the others as planes: `records u32`, the mask as one
+/// plane (bit `i % 8` of byte `i / 8` set for a nonzero record), the
+/// nonzero records as a plane chunk (`len u32` + payload), then the tail.
+/// Tried when at least a tenth of the records are zero; kept when smaller.
+fn encode_sparse(raw: &[u8], layout: Layout, min_gain: f64) -> Option<Vec<u8>> {
+    let w = layout.record_size();
+    let n = raw.len() / w;
+    let whole = n * w;
+    let mut mask = vec![0u8; n.div_ceil(8)];
+    let mut nonzero = Vec::with_capacity(whole);
+    for (i, rec) in raw[..whole].chunks_exact(w).enumerate() {
+        if rec.iter().any(|&b| b != 0) {
+            mask[i / 8] |= 1 << (i % 8);
+            nonzero.extend_from_slice(rec);
+        }
+    }
+    if (whole - nonzero.len()) / w < n / 10 || n == 0 {
+        return None;
+    }
+    let mut p = vec![SPARSE];
+    p.extend_from_slice(&(n as u32).to_le_bytes());
+    encode_plane(&mask, &mut p, min_gain);
+    let (inner, _) = encode_planes(&nonzero, layout, min_gain);
+    p.extend_from_slice(&(inner.len() as u32).to_le_bytes());
+    p.extend_from_slice(&inner);
+    p.extend_from_slice(&raw[whole..]);
+    Some(p)
+}
+
+/// Decodes one plane written by [`encode_plane`] at `body[pos..]` into a
+/// new buffer of `want` bytes; returns it and the position after it.
+fn decode_plane_owned(body: &[u8], pos: usize, want: usize) -> Result<(Vec<u8>, usize), Corrupt> {
+    let head = body
+        .get(pos..pos + 5)
+        .ok_or(Corrupt("plane header truncated"))?;
+    let len = u32::from_le_bytes(head[1..5].try_into().unwrap()) as usize;
+    let data = body
+        .get(pos + 5..pos + 5 + len)
+        .ok_or(Corrupt("plane data truncated"))?;
+    let out = match head[0] {
+        PLANE_RAW if len == want => data.to_vec(),
+        PLANE_CONST if len == 1 => vec![data[0]; want],
+        PLANE_RANS => {
+            let (table, t) = rans::Table::read(data)?;
+            let mut buf = vec![0u8; want];
+            rans::decode(&data[t..], &table, &mut buf)?;
+            buf
+        }
+        _ => return Err(Corrupt("bad mask plane")),
+    };
+    Ok((out, pos + 5 + len))
+}
+
+fn decode_sparse(body: &[u8], out: &mut [u8]) -> Result<(), Corrupt> {
+    let n = u32::from_le_bytes(
+        body.get(..4)
+            .ok_or(Corrupt("sparse chunk truncated"))?
+            .try_into()
+            .unwrap(),
+    ) as usize;
+    // The record size comes from the inner chunk's layout; bound `n` by
+    // the output first so the mask allocation is bounded too.
+    if n > out.len() {
+        return Err(Corrupt("sparse chunk of the wrong record count"));
+    }
+    let (mask, pos) = decode_plane_owned(body, 4, n.div_ceil(8))?;
+    if !n.is_multiple_of(8) && mask.last().is_some_and(|&b| b >> (n % 8) != 0) {
+        return Err(Corrupt("sparse mask has bits past its records"));
+    }
+    let ilen = u32::from_le_bytes(
+        body.get(pos..pos + 4)
+            .ok_or(Corrupt("sparse chunk truncated"))?
+            .try_into()
+            .unwrap(),
+    ) as usize;
+    let inner = body
+        .get(pos + 4..pos + 4 + ilen)
+        .ok_or(Corrupt("sparse chunk truncated"))?;
+    let layout = match inner {
+        [PLANES, id, ..] => Layout::from_id(*id).ok_or(Corrupt("unknown plane layout"))?,
+        _ => return Err(Corrupt("sparse chunk without plane data")),
+    };
+    let w = layout.record_size();
+    if n != out.len() / w {
+        return Err(Corrupt("sparse chunk of the wrong record count"));
+    }
+    let k: usize = mask.iter().map(|b| b.count_ones() as usize).sum();
+    let mut nonzero = vec![0u8; k * w];
+    decode(inner, &mut nonzero)?;
+    let tail = &body[pos + 4 + ilen..];
+    if tail.len() != out.len() - n * w {
+        return Err(Corrupt("sparse chunk tail of the wrong length"));
+    }
+    let mut src = nonzero.chunks_exact(w);
+    for (i, rec) in out[..n * w].chunks_exact_mut(w).enumerate() {
+        if mask[i / 8] & (1 << (i % 8)) != 0 {
+            rec.copy_from_slice(src.next().expect("mask count matches"));
+        } else {
+            rec.fill(0);
+        }
+    }
+    out[n * w..].copy_from_slice(tail);
+    Ok(())
 }
 
 /// Decodes `payload` into `out`, whose length (the chunk's raw length from
@@ -132,6 +253,7 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), Corrupt> {
             Ok(())
         }
         PLANES => decode_planes(body, out),
+        SPARSE => decode_sparse(body, out),
         _ => Err(Corrupt("unknown chunk codec")),
     }
 }
@@ -248,6 +370,45 @@ mod tests {
                 assert!(decode(&e.payload, &mut longer).is_err(), "{kind:?} {len}");
             }
         }
+    }
+
+    #[test]
+    fn pruned_weights_take_the_sparse_codec_and_round_trip() {
+        // 60 % zeros (a pruned layer), a -0.0 that must stay -0.0, and a
+        // record count that is not a multiple of 8.
+        let mut raw: Vec<u8> = (0..50_001u32)
+            .flat_map(|i| {
+                let keep = (i.wrapping_mul(2_654_435_761) >> 7) % 10 < 4;
+                let x = if keep {
+                    ((i as f32) * 0.7).sin() * 0.03
+                } else {
+                    0.0
+                };
+                x.to_le_bytes()
+            })
+            .collect();
+        raw[8..12].copy_from_slice(&(-0.0f32).to_le_bytes());
+        raw.push(7);
+        let dense = encode_planes(&raw, Layout::F32, 0.0).0;
+        let e = encode(&raw, Kind::Planes(Layout::F32), 0.0);
+        assert_eq!(e.payload[0], SPARSE);
+        assert!(
+            e.payload.len() * 10 < dense.len() * 9,
+            "{} vs {}",
+            e.payload.len(),
+            dense.len()
+        );
+        let mut out = vec![1u8; raw.len()];
+        decode(&e.payload, &mut out).unwrap();
+        assert_eq!(out, raw);
+        // Dense data does not take it.
+        let dense_raw: Vec<u8> = (0..5000)
+            .flat_map(|i| (i as f32 + 0.5).to_le_bytes())
+            .collect();
+        assert_ne!(
+            encode(&dense_raw, Kind::Planes(Layout::F32), 0.0).payload[0],
+            SPARSE
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@ use tersor_pack::format::{self, ChunkEntry, Index, Member, MemberKind, Segment};
 use tersor_pack::{Archive, PackOptions};
 
 /// A small pack with every codec in it: a safetensors header (zstd), f32
-/// and bf16 planes (rANS), an I64 tensor (generic) and a constant plane.
+/// and bf16 planes (rANS), an I64 tensor (generic), a constant plane and a
+/// pruned tensor (the sparse codec).
 fn sample() -> (Vec<u8>, Vec<u8>) {
     let mut rng = tersor_testkit::Rng::new(11);
     let f32s: Vec<u8> = (0..600)
@@ -17,22 +18,40 @@ fn sample() -> (Vec<u8>, Vec<u8>) {
     let bf16s: Vec<u8> = (0..500)
         .flat_map(|_| half::bf16::from_f32(rng.uniform(0.02)).to_le_bytes())
         .collect();
-    let header = format!(
-        r#"{{"a":{{"dtype":"F32","shape":[600],"data_offsets":[0,{}]}},"b":{{"dtype":"BF16","shape":[500],"data_offsets":[{},{}]}},"c":{{"dtype":"I64","shape":[4],"data_offsets":[{},{}]}},"z":{{"dtype":"F32","shape":[64],"data_offsets":[{},{}]}}}}"#,
-        f32s.len(),
-        f32s.len(),
-        f32s.len() + bf16s.len(),
-        f32s.len() + bf16s.len(),
-        f32s.len() + bf16s.len() + 32,
-        f32s.len() + bf16s.len() + 32,
-        f32s.len() + bf16s.len() + 32 + 256,
-    );
+    let sparse: Vec<u8> = (0..256)
+        .flat_map(|i| {
+            let x = if i % 5 < 3 { 0.0 } else { rng.uniform(0.05) };
+            x.to_le_bytes()
+        })
+        .collect();
+    let tensors: [(&str, &str, Vec<u8>); 5] = [
+        ("a", "F32", f32s),
+        ("b", "BF16", bf16s),
+        ("c", "I64", vec![3u8; 32]),
+        ("s", "F32", sparse),
+        ("z", "F32", vec![0u8; 256]),
+    ];
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, dtype, bytes) in &tensors {
+        let width = if *dtype == "BF16" {
+            2
+        } else if *dtype == "I64" {
+            8
+        } else {
+            4
+        };
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": [bytes.len() / width],
+                               "data_offsets": [data.len(), data.len() + bytes.len()]}),
+        );
+        data.extend_from_slice(bytes);
+    }
+    let header = serde_json::to_vec(&header).unwrap();
     let mut file = (header.len() as u64).to_le_bytes().to_vec();
-    file.extend_from_slice(header.as_bytes());
-    file.extend(f32s);
-    file.extend(bf16s);
-    file.extend([3u8; 32]);
-    file.extend([0u8; 256]);
+    file.extend_from_slice(&header);
+    file.extend(data);
     // Every plane that gains at all is coded, so rANS streams and tables
     // are part of what gets damaged.
     let opts = PackOptions {
@@ -60,7 +79,9 @@ fn the_sample_decodes_and_uses_every_codec() {
         .flat_map(|s| &s.chunks)
         .map(|c| packed[c.offset as usize])
         .collect();
-    assert!(codecs.contains(&1) && codecs.contains(&2), "{codecs:?}");
+    for c in [1, 2, 3] {
+        assert!(codecs.contains(&c), "codec {c} missing: {codecs:?}");
+    }
 }
 
 #[test]
