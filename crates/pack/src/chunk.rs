@@ -154,9 +154,9 @@ fn encode_sparse(raw: &[u8], layout: Layout, min_gain: f64) -> Option<Vec<u8>> {
     Some(p)
 }
 
-/// Decodes one plane written by [`encode_plane`] at `body[pos..]` into a
-/// new buffer of `want` bytes; returns it and the position after it.
-fn decode_plane_owned(body: &[u8], pos: usize, want: usize) -> Result<(Vec<u8>, usize), Corrupt> {
+/// The plane written by [`encode_plane`] at `body[pos..]`: its codec and
+/// its bytes (which end at `pos + 5 + bytes.len()`).
+fn plane_at(body: &[u8], pos: usize) -> Result<(u8, &[u8]), Corrupt> {
     let head = body
         .get(pos..pos + 5)
         .ok_or(Corrupt("plane header truncated"))?;
@@ -164,7 +164,15 @@ fn decode_plane_owned(body: &[u8], pos: usize, want: usize) -> Result<(Vec<u8>, 
     let data = body
         .get(pos + 5..pos + 5 + len)
         .ok_or(Corrupt("plane data truncated"))?;
-    let out = match head[0] {
+    Ok((head[0], data))
+}
+
+/// Decodes one plane written by [`encode_plane`] at `body[pos..]` into a
+/// new buffer of `want` bytes; returns it and the position after it.
+fn decode_plane_owned(body: &[u8], pos: usize, want: usize) -> Result<(Vec<u8>, usize), Corrupt> {
+    let (codec, data) = plane_at(body, pos)?;
+    let len = data.len();
+    let out = match codec {
         PLANE_RAW if len == want => data.to_vec(),
         PLANE_CONST if len == 1 => vec![data[0]; want],
         PLANE_RANS => {
@@ -281,14 +289,9 @@ fn decode_planes(body: &[u8], out: &mut [u8]) -> Result<(), Corrupt> {
         let mut used = 0usize;
         for (p, span) in spans.iter_mut().enumerate().take(layout.n_planes()) {
             let want = layout.plane_len(p, n);
-            let head = body
-                .get(pos..pos + 5)
-                .ok_or(Corrupt("plane header truncated"))?;
-            let len = u32::from_le_bytes(head[1..5].try_into().unwrap()) as usize;
-            let data = body
-                .get(pos + 5..pos + 5 + len)
-                .ok_or(Corrupt("plane data truncated"))?;
-            match head[0] {
+            let (codec, data) = plane_at(body, pos)?;
+            let len = data.len();
+            match codec {
                 PLANE_RAW => {
                     if len != want {
                         return Err(Corrupt("raw plane of the wrong length"));
@@ -300,7 +303,7 @@ fn decode_planes(body: &[u8], out: &mut [u8]) -> Result<(), Corrupt> {
                         scratch.resize(used + want, 0);
                     }
                     let buf = &mut scratch[used..used + want];
-                    if head[0] == PLANE_CONST {
+                    if codec == PLANE_CONST {
                         if len != 1 {
                             return Err(Corrupt("constant plane of the wrong length"));
                         }
