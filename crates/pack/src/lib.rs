@@ -108,6 +108,12 @@ struct Source<'a> {
 
 /// Packs a file or a directory into `output` (written atomically).
 pub fn pack_path(input: &Path, output: &Path, opts: &PackOptions) -> Result<PackSummary> {
+    // The file list comes first, so that neither the temporary output nor
+    // an earlier output inside a packed directory becomes a member.
+    let (is_dir, mut files) = list_inputs(input)?;
+    if let Ok(out) = fs::canonicalize(output) {
+        files.retain(|(_, p)| fs::canonicalize(p).map_or(true, |p| p != out));
+    }
     let dir = output
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -115,7 +121,7 @@ pub fn pack_path(input: &Path, output: &Path, opts: &PackOptions) -> Result<Pack
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| PackError::io(dir, e))?;
     let summary = {
         let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
-        let s = pack_to_writer(input, &mut w, opts)?;
+        let s = pack_files(input, is_dir, &files, &mut w, opts)?;
         w.flush().map_err(|e| PackError::io(output, e))?;
         s
     };
@@ -131,8 +137,14 @@ pub fn pack_to_writer<W: Write>(
     w: &mut W,
     opts: &PackOptions,
 ) -> Result<PackSummary> {
+    let (is_dir, files) = list_inputs(input)?;
+    pack_files(input, is_dir, &files, w, opts)
+}
+
+/// The members a path packs into: (is a directory, [(name, path)]).
+fn list_inputs(input: &Path) -> Result<(bool, Vec<(String, PathBuf)>)> {
     let meta = fs::metadata(input).map_err(|e| PackError::io(input, e))?;
-    let (is_dir, files) = if meta.is_dir() {
+    Ok(if meta.is_dir() {
         let mut files = Vec::new();
         walk(input, input, &mut files)?;
         files.sort();
@@ -145,7 +157,16 @@ pub fn pack_to_writer<W: Write>(
             .unwrap_or("file")
             .to_string();
         (false, vec![(name, input.to_path_buf())])
-    };
+    })
+}
+
+fn pack_files<W: Write>(
+    input: &Path,
+    is_dir: bool,
+    files: &[(String, PathBuf)],
+    w: &mut W,
+    opts: &PackOptions,
+) -> Result<PackSummary> {
     let maps: Vec<Option<memmap2::Mmap>> = files
         .iter()
         .map(|(_, p)| map_file(p))

@@ -287,3 +287,20 @@ fn float_edge_cases_round_trip_bit_exactly() {
     }
     round_trip(&dir, tmp.path(), &PackOptions::default());
 }
+
+/// Packing a directory into a file inside it, twice: neither the
+/// temporary output nor the earlier pack becomes a member.
+#[test]
+fn packing_a_directory_into_itself_leaves_the_output_out() {
+    let tmp = TempDir::new("pack-into-itself");
+    let dir = tmp.path().join("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.bin"), vec![5u8; 100_000]).unwrap();
+    let out = dir.join("d.tsp");
+    for _ in 0..2 {
+        tersor_pack::pack_path(&dir, &out, &PackOptions::default()).unwrap();
+        let a = Archive::open(&out).unwrap();
+        let names: Vec<&str> = a.index().members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["a.bin"]);
+    }
+}
