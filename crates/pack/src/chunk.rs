@@ -133,16 +133,20 @@ fn encode_sparse(raw: &[u8], layout: Layout, min_gain: f64) -> Option<Vec<u8>> {
     let w = layout.record_size();
     let n = raw.len() / w;
     let whole = n * w;
+    let is_zero = |rec: &[u8]| rec.iter().all(|&b| b == 0);
+    // Count first: most chunks are dense, and building the mask and the
+    // copy of the nonzero records would be wasted on them.
+    let zeros = raw[..whole].chunks_exact(w).filter(|r| is_zero(r)).count();
+    if zeros < n / 10 || n == 0 {
+        return None;
+    }
     let mut mask = vec![0u8; n.div_ceil(8)];
-    let mut nonzero = Vec::with_capacity(whole);
+    let mut nonzero = Vec::with_capacity(whole - zeros * w);
     for (i, rec) in raw[..whole].chunks_exact(w).enumerate() {
-        if rec.iter().any(|&b| b != 0) {
+        if !is_zero(rec) {
             mask[i / 8] |= 1 << (i % 8);
             nonzero.extend_from_slice(rec);
         }
-    }
-    if (whole - nonzero.len()) / w < n / 10 || n == 0 {
-        return None;
     }
     let mut p = vec![SPARSE];
     p.extend_from_slice(&(n as u32).to_le_bytes());

@@ -16,7 +16,7 @@ pub const FOOTER_LEN: u64 = 32;
 /// much per chunk in flight.
 pub const MAX_CHUNK: u32 = 16 << 20;
 /// Longest name (member path or tensor name) in bytes.
-const MAX_NAME: usize = 4096;
+pub const MAX_NAME: usize = 4096;
 
 /// What a member was recognised as when packed (informational: decoding
 /// does not depend on it).
@@ -323,8 +323,4 @@ impl Reader<'_> {
         let b = self.take(n)?;
         String::from_utf8(b.to_vec()).map_err(|_| Corrupt("name is not UTF-8"))
     }
-}
-
-pub fn max_name() -> usize {
-    MAX_NAME
 }

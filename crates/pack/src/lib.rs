@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 pub use error::{Corrupt, PackError, Result};
-use format::{ChunkEntry, Index, Member, MemberKind, Segment};
+use format::{ChunkEntry, Index, Member, Segment};
 
 /// Default raw chunk size: large enough that a chunk's tables and states
 /// cost ~0.1 %, small enough that the tables follow the statistics along a
@@ -153,7 +153,7 @@ fn list_inputs(input: &Path) -> Result<(bool, Vec<(String, PathBuf)>)> {
         let name = input
             .file_name()
             .and_then(|n| n.to_str())
-            .filter(|n| format::check_member_name(n).is_ok() && n.len() <= format::max_name())
+            .filter(|n| format::check_member_name(n).is_ok() && n.len() <= format::MAX_NAME)
             .unwrap_or("file")
             .to_string();
         (false, vec![(name, input.to_path_buf())])
@@ -223,7 +223,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()>
                     what: "file name is not UTF-8".into(),
                 })?
                 .replace(std::path::MAIN_SEPARATOR, "/");
-            if name.len() > format::max_name() {
+            if name.len() > format::MAX_NAME {
                 return Err(PackError::Input {
                     path,
                     what: "path too long to pack".into(),
@@ -696,13 +696,4 @@ pub fn unpack_if_packed(path: &Path) -> Result<(PathBuf, Option<tempfile::TempDi
     };
     archive.unpack_to(&out, None)?;
     Ok((out, Some(tmp)))
-}
-
-/// Kind of a member, for reports.
-pub fn kind_name(k: MemberKind) -> &'static str {
-    match k {
-        MemberKind::Other => "other",
-        MemberKind::Safetensors => "safetensors",
-        MemberKind::Gguf => "gguf",
-    }
 }
