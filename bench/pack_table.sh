@@ -12,7 +12,7 @@
 #
 # Peers (bench/pack_peers.py) run from a venv made on first use in bench/out/pack/venv
 # (pip: zipnn numpy zstandard; zipnn pulls in torch). tersor figures come from
-# `$TERSOR pack FILE --bench --threads N --json` (one JSON object on stdout).
+# `$TERSOR pack FILE --bench --runs RUNS --threads N --json` (one JSON object on stdout).
 #
 # Environment: TERSOR (default target/release/tersor, built if missing), MINILM_DIR and GGUF
 # (default: the paths `tersor fetch --json` gives), THREADS (default "1 2"), RUNS (default 3).
@@ -70,7 +70,7 @@ for f in "${files[@]}"; do
     for t in "${threads[@]}"; do
         j="$out_dir/tersor.$(basename "$f").t$t.json"
         echo "tersor pack $(basename "$f") --threads $t" >&2
-        "$tersor" pack "$f" --bench --threads "$t" --json > "$j"
+        "$tersor" pack "$f" --bench --runs "$runs" --threads "$t" --json > "$j"
         printf '%s\t%s\t%s\n' "$t" "$f" "$j" >> "$out_dir/tersor.tsv"
     done
     # ZipNN at each thread count, zstd single-threaded, and the bound.
@@ -167,7 +167,7 @@ print("ZipNN: `ZipNN(input_format=\"byte\", bytearray_dtype=…, threads=N)` on 
       "bytearray_dtype = float32 / bfloat16 / float16 for the safetensors files, float16 (two byte "
       "planes, no bit reordering: its best option) for the GGUF; its input is copied before each run "
       "(ZipNN reorders float32/bfloat16 input in place). zstd: python `zstandard`, one frame, single "
-      "thread. tersor: `tersor pack FILE --bench --threads N --json` (its own in-memory timing). "
+      "thread. tersor: `tersor pack FILE --bench --runs N --threads T --json` (its own in-memory timing). "
       "Bound: each float tensor split into byte planes (4 for f32, 2 for bf16/f16), order-0 entropy "
       "of each plane per 256 KiB of the tensor's bytes, summed; header and non-float tensors at full "
       "size; model cost not counted; none for the GGUF.")

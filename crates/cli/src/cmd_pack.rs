@@ -29,9 +29,13 @@ pub struct PackArgs {
     stats: bool,
 
     /// Measure in memory: ratio and compress / decompress speed (median of
-    /// 3 runs, on --threads threads) of one file.
+    /// --runs runs, on --threads threads) of one file.
     #[arg(long, conflicts_with_all = ["output", "verify", "stats"])]
     bench: bool,
+
+    /// Runs per measurement for --bench.
+    #[arg(long, default_value_t = 3, requires = "bench", value_name = "N")]
+    runs: usize,
 
     /// Raw bytes per chunk (each chunk decodes on its own).
     #[arg(long, default_value_t = tersor_pack::DEFAULT_CHUNK, value_name = "BYTES")]
@@ -270,12 +274,12 @@ fn bench(args: &PackArgs) -> anyhow::Result<()> {
     };
     let (mut ct, mut dt) = (Vec::new(), Vec::new());
     let mut packed = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..args.runs.max(1) {
         let t = Instant::now();
         packed = tersor_pack::pack_bytes(name, &bytes, &opts).0;
         ct.push(t.elapsed().as_secs_f64());
     }
-    for _ in 0..3 {
+    for _ in 0..args.runs.max(1) {
         // Opening checks the footer and index checksums: part of decoding.
         let t = Instant::now();
         let archive = Archive::from_bytes(packed.as_slice(), name)?;

@@ -288,6 +288,10 @@ fn decode_planes(body: &[u8], out: &mut [u8]) -> Result<(), Corrupt> {
     // Decoded planes go to a per-thread scratch buffer reused across chunks
     // (fresh megabyte allocations would page-fault on every chunk); raw
     // planes are borrowed from the payload.
+    // A layout's quant plane, when rANS-coded, is decoded straight into the
+    // records (saving the merge a copy of most of the bytes).
+    let in_place = layout.in_place_plane();
+    let mut placed = false;
     SCRATCH.with_borrow_mut(|scratch| {
         let mut spans = [(false, 0usize, 0usize); MAX_PLANES];
         let mut used = 0usize;
@@ -296,6 +300,12 @@ fn decode_planes(body: &[u8], out: &mut [u8]) -> Result<(), Corrupt> {
             let (codec, data) = plane_at(body, pos)?;
             let len = data.len();
             match codec {
+                PLANE_RANS if n > 0 && in_place.is_some_and(|(q, ..)| q == p) => {
+                    let (_, spread, at) = in_place.unwrap();
+                    let (table, t) = rans::Table::read(data)?;
+                    rans::decode_spread(&data[t..], &table, want, &mut out[at..whole], spread)?;
+                    placed = true;
+                }
                 PLANE_RAW => {
                     if len != want {
                         return Err(Corrupt("raw plane of the wrong length"));
@@ -335,7 +345,11 @@ fn decode_planes(body: &[u8], out: &mut [u8]) -> Result<(), Corrupt> {
                 &body[at..at + len]
             };
         }
-        layout.merge(&planes[..layout.n_planes()], &mut out[..whole]);
+        if placed {
+            layout.merge_around_in_place(&planes[..layout.n_planes()], &mut out[..whole]);
+        } else {
+            layout.merge(&planes[..layout.n_planes()], &mut out[..whole]);
+        }
         out[whole..].copy_from_slice(tail);
         Ok(())
     })

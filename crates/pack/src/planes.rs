@@ -142,6 +142,16 @@ impl Layout {
         }
     }
 
+    /// The plane that the decoder may write straight into the records, and
+    /// its spread (see [`crate::rans::Spread`]) and offset in a record: the
+    /// quants of a block type, a field whose length is a power of two ≥ 16.
+    pub fn in_place_plane(self) -> Option<(usize, crate::rans::Spread, usize)> {
+        let Layout::Record(r) = self else { return None };
+        let p = r.groups.len() - 1;
+        let (a, b) = r.groups[p];
+        crate::rans::Spread::new(b - a, r.size).map(|sp| (p, sp, a))
+    }
+
     /// Bytes of plane `p` for `n` records.
     pub fn plane_len(self, p: usize, n: usize) -> usize {
         match self {
@@ -208,29 +218,42 @@ impl Layout {
     /// Inverse of [`Layout::split`]: writes `out.len() / record_size`
     /// records. The planes' lengths must match (checked by the caller).
     pub fn merge(self, planes: &[&[u8]], out: &mut [u8]) {
+        self.merge_some(planes, out, false)
+    }
+
+    /// [`Layout::merge`] of every plane but [`Layout::in_place_plane`],
+    /// which the decoder has already written into `out`.
+    pub fn merge_around_in_place(self, planes: &[&[u8]], out: &mut [u8]) {
+        debug_assert!(self.in_place_plane().is_some());
+        self.merge_some(planes, out, true)
+    }
+
+    fn merge_some(self, planes: &[&[u8]], out: &mut [u8], skip_last: bool) {
         let w = self.record_size();
         let n = out.len() / w;
-        debug_assert!((0..self.n_planes()).all(|p| planes[p].len() == self.plane_len(p, n)));
+        let np = self.n_planes() - skip_last as usize;
+        debug_assert!((0..np).all(|p| planes[p].len() == self.plane_len(p, n)));
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 is present (checked just above).
-            return unsafe { merge_avx2(self, planes, out) };
+            return unsafe { merge_avx2(self, planes, out, skip_last) };
         }
-        merge_any(self, planes, out)
+        merge_any(self, planes, out, skip_last)
     }
 }
 
 /// The merge loops compiled for AVX2, where they vectorise twice as wide.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn merge_avx2(layout: Layout, planes: &[&[u8]], out: &mut [u8]) {
-    merge_any(layout, planes, out)
+unsafe fn merge_avx2(layout: Layout, planes: &[&[u8]], out: &mut [u8], skip_last: bool) {
+    merge_any(layout, planes, out, skip_last)
 }
 
 /// Zipped iterators rather than indexing, so that the loops have no
-/// bounds checks and vectorise.
+/// bounds checks and vectorise. `skip_last`: the last plane of a record
+/// layout is already in place.
 #[inline(always)]
-fn merge_any(layout: Layout, planes: &[&[u8]], out: &mut [u8]) {
+fn merge_any(layout: Layout, planes: &[&[u8]], out: &mut [u8], skip_last: bool) {
     match layout {
         Layout::Bytes => out.copy_from_slice(planes[0]),
         Layout::F16 => {
@@ -262,11 +285,15 @@ fn merge_any(layout: Layout, planes: &[&[u8]], out: &mut [u8]) {
         Layout::Record(r) => match r.id {
             // One pass per record for the common blocks (the generic path
             // makes one pass per plane).
-            10 => merge_scale_quants::<18, 16>(out, planes, None),
-            11 => merge_scale_quants::<20, 16>(out, planes, r.delta),
-            14 => merge_scale_quants::<34, 32>(out, planes, None),
+            10 if skip_last => merge_scale_quants::<18, 2, false>(out, planes, None),
+            10 => merge_scale_quants::<18, 2, true>(out, planes, None),
+            11 if skip_last => merge_scale_quants::<20, 4, false>(out, planes, r.delta),
+            11 => merge_scale_quants::<20, 4, true>(out, planes, r.delta),
+            14 if skip_last => merge_scale_quants::<34, 2, false>(out, planes, None),
+            14 => merge_scale_quants::<34, 2, true>(out, planes, None),
             _ => {
-                for (p, &(a, b)) in r.groups.iter().enumerate() {
+                let np = r.groups.len() - skip_last as usize;
+                for (p, &(a, b)) in r.groups[..np].iter().enumerate() {
                     match b - a {
                         1 => scatter::<1>(out, r.size, a, planes[p]),
                         4 => scatter::<4>(out, r.size, a, planes[p]),
@@ -292,29 +319,39 @@ fn merge_any(layout: Layout, planes: &[&[u8]], out: &mut [u8]) {
     }
 }
 
-/// A block of one-byte scale planes followed by `Q` quant bytes (Q4_0,
-/// Q4_1, Q8_0), with the Q4_1 delta undone on the way.
+/// A block of `NS` one-byte scale planes followed by `Q` quant bytes
+/// (Q4_0, Q4_1, Q8_0; `S` = `NS + Q`), with the Q4_1 delta undone on the
+/// way; the quants are copied too when `QUANTS` (otherwise the decoder
+/// wrote them in place).
 #[inline(always)]
-fn merge_scale_quants<const S: usize, const Q: usize>(
+fn merge_scale_quants<const S: usize, const NS: usize, const QUANTS: bool>(
     out: &mut [u8],
     planes: &[&[u8]],
     delta: Option<(usize, usize)>,
 ) {
-    let ns = S - Q;
-    let quants = planes[ns];
-    for (k, (rec, q)) in out
-        .chunks_exact_mut(S)
-        .zip(quants.chunks_exact(Q))
-        .enumerate()
-    {
-        let rec: &mut [u8; S] = rec.try_into().unwrap();
-        for (j, plane) in planes[..ns].iter().enumerate() {
-            rec[j] = plane[k];
+    let q = S - NS;
+    let n = out.len() / S;
+    // The plane slices, cut to `n`, as locals: read through `planes` they
+    // would be reloaded after every store to `out` (which might alias them
+    // as far as the compiler knows), and the cut lets it drop bounds checks.
+    let sc: [&[u8]; NS] = std::array::from_fn(|j| &planes[j][..n]);
+    let quants = if QUANTS { &planes[NS][..n * q] } else { &[] };
+    let (dp, db) = delta.unwrap_or((0, 0));
+    for (k, rec) in out.chunks_exact_mut(S).enumerate() {
+        // Assembled in a register: byte stores to a stack array then read
+        // back as one word would stall store forwarding.
+        let mut v = 0u32;
+        for (j, plane) in sc.iter().enumerate() {
+            v |= (plane[k] as u32) << (8 * j);
         }
-        if let Some((p, base)) = delta {
-            rec[p] = rec[p].wrapping_add(rec[base]) ^ 0x80;
+        if delta.is_some() {
+            let b = ((v >> (8 * dp)) as u8).wrapping_add((v >> (8 * db)) as u8) ^ 0x80;
+            v = (v & !(0xff << (8 * dp))) | (b as u32) << (8 * dp);
         }
-        rec[ns..].copy_from_slice(q);
+        rec[..NS].copy_from_slice(&v.to_le_bytes()[..NS]);
+        if QUANTS {
+            rec[NS..].copy_from_slice(&quants[k * q..k * q + q]);
+        }
     }
 }
 

@@ -279,8 +279,106 @@ fn decode_table(table: &Table) -> Vec<u32> {
     t
 }
 
+/// Where the decoder writes symbol `i`: `out[(i / run) * stride + i % run]`.
+///
+/// `run == stride` is a contiguous plane. A record field, such as the 16
+/// quant bytes of each 20-byte `block_q4_1`, has `run` = the field's length
+/// and `stride` = the record's: the decoder then writes the field in place
+/// and the merge has one plane fewer to copy. `run` is a power of two of at
+/// least 16, so a SIMD store (8 or 16 symbols at a multiple of 16) never
+/// straddles two runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spread {
+    shift: u32,
+    stride: usize,
+}
+
+impl Spread {
+    /// A contiguous plane.
+    pub const CONTIGUOUS: Spread = Spread {
+        shift: 4,
+        stride: 16,
+    };
+
+    /// Runs of `run` symbols `stride` bytes apart; `None` unless `run` is a
+    /// power of two ≥ 16 and `stride ≥ run`.
+    pub fn new(run: usize, stride: usize) -> Option<Spread> {
+        (run.is_power_of_two() && run >= 16 && stride >= run).then(|| Spread {
+            shift: run.trailing_zeros(),
+            stride,
+        })
+    }
+
+    #[inline(always)]
+    fn at(self, i: usize) -> usize {
+        (i >> self.shift) * self.stride + (i & ((1 << self.shift) - 1))
+    }
+}
+
 /// Decodes `out.len()` symbols from `stream` (as written by [`encode`]).
 pub fn decode(stream: &[u8], table: &Table, out: &mut [u8]) -> Result<(), Corrupt> {
+    decode_spread(stream, table, out.len(), out, Spread::CONTIGUOUS)
+}
+
+/// Decodes `n` symbols from `stream` into `out` at the positions `spread`
+/// gives. Panics if the last of them lies past `out`.
+pub fn decode_spread(
+    stream: &[u8],
+    table: &Table,
+    n: usize,
+    out: &mut [u8],
+    spread: Spread,
+) -> Result<(), Corrupt> {
+    decode_with(fastest(), stream, table, n, out, spread)
+}
+
+/// A bulk decoder: `decode_fast` or one of its SIMD forms. Unsafe to call:
+/// it writes unchecked at `spread.at(i)` for `i < n`, and the SIMD forms
+/// need their CPU features.
+type Fast = unsafe fn(
+    &mut [u8],
+    usize,
+    Spread,
+    [u32; LANES],
+    &[u32; PROB_SCALE as usize],
+    &[u8],
+) -> (usize, [u32; LANES], usize);
+
+/// The bulk decoders this CPU runs, fastest first (the scalar one last).
+fn available() -> Vec<Fast> {
+    let mut v: Vec<Fast> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("popcnt") {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            v.push(avx512::decode_fast);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            v.push(avx2::decode_fast);
+        }
+    }
+    v.push(decode_fast);
+    v
+}
+
+fn fastest() -> Fast {
+    static FASTEST: std::sync::OnceLock<Fast> = std::sync::OnceLock::new();
+    *FASTEST.get_or_init(|| available()[0])
+}
+
+fn decode_with(
+    fast: Fast,
+    stream: &[u8],
+    table: &Table,
+    n: usize,
+    out: &mut [u8],
+    spread: Spread,
+) -> Result<(), Corrupt> {
+    // The fast loops write unchecked: every position they write is at most
+    // `spread.at(n - 1)`, checked here.
+    assert!(
+        n == 0 || spread.at(n - 1) < out.len(),
+        "rANS output too short"
+    );
     let head = stream
         .get(..LANES * 4)
         .ok_or(Corrupt("rANS stream shorter than its states"))?;
@@ -291,31 +389,17 @@ pub fn decode(stream: &[u8], table: &Table, out: &mut [u8]) -> Result<(), Corrup
             return Err(Corrupt("rANS state out of range"));
         }
     }
-    let body = &stream[LANES * 4..];
-    if !body.len().is_multiple_of(2) {
+    let words = &stream[LANES * 4..];
+    if !words.len().is_multiple_of(2) {
         return Err(Corrupt("rANS stream of odd length"));
     }
-    let words = body;
     let n_words = words.len() / 2;
     let dt = decode_table(table);
     let dt: &[u32; PROB_SCALE as usize] = dt.as_slice().try_into().unwrap();
-    let mut pos: usize;
-
-    #[cfg(target_arch = "x86_64")]
-    let (done, xf, pf) = if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F is present (checked just above).
-        unsafe { avx512::decode_fast(out, x, dt, words) }
-    } else if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present (checked just above).
-        unsafe { avx2::decode_fast(out, x, dt, words) }
-    } else {
-        decode_fast(out, x, dt, words)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let (done, xf, pf) = decode_fast(out, x, dt, words);
-    x = xf;
-    pos = pf;
-    decode_checked(&mut out[done..], &mut x, dt, words, &mut pos)?;
+    // SAFETY: `fast` comes from `available()`, so the CPU has its features;
+    // positions below `n` lie in `out` (asserted above).
+    let (done, mut x, mut pos) = unsafe { fast(out, n, spread, x, dt, words) };
+    decode_checked(out, done..n, spread, &mut x, dt, words, &mut pos)?;
     if pos != n_words || x.iter().any(|&v| v != RANS_L) {
         return Err(Corrupt("rANS stream does not end where it should"));
     }
@@ -329,6 +413,8 @@ pub fn decode(stream: &[u8], table: &Table, out: &mut [u8]) -> Result<(), Corrup
 #[inline(never)]
 fn decode_fast(
     out: &mut [u8],
+    n: usize,
+    spread: Spread,
     mut x: [u32; LANES],
     dt: &[u32; PROB_SCALE as usize],
     words: &[u8],
@@ -337,12 +423,9 @@ fn decode_fast(
     let n_words = words.len() / 2;
     let mut pos = 0usize;
     let mut done = 0usize;
-    for g in out.chunks_exact_mut(LANES) {
-        if pos + LANES > n_words {
-            break;
-        }
+    while done + LANES <= n && pos + LANES <= n_words {
         let w: &[u8; 2 * LANES] = words[pos * 2..(pos + LANES) * 2].try_into().unwrap();
-        let g: &mut [u8; LANES] = g.try_into().unwrap();
+        let mut g = [0u8; LANES];
         // Symbols and next states first (independent across lanes), then
         // the renormalisation, whose word position runs through the lanes.
         let mut v = [0u32; LANES];
@@ -361,6 +444,10 @@ fn decode_fast(
             x[j] = (v[j] << (need << 4)) | (word & need.wrapping_neg());
             k += need as usize;
         }
+        for (p, piece) in g.chunks_exact(16).enumerate() {
+            let at = spread.at(done + p * 16);
+            out[at..at + 16].copy_from_slice(piece);
+        }
         pos += k;
         done += LANES;
     }
@@ -374,7 +461,7 @@ mod avx2 {
     //! a permutation (chosen by the compare's bit mask) that hands the next
     //! words to the lanes that need one, in lane order, as the scalar
     //! decoder reads them (Giesen, "Interleaved entropy coders", 2014).
-    use super::{LANES, PROB_BITS, PROB_SCALE, RANS_L};
+    use super::{Spread, LANES, PROB_BITS, PROB_SCALE, RANS_L};
     use std::arch::x86_64::*;
 
     /// `PERM[m][l]`: for a need-mask `m`, which of the eight loaded words
@@ -398,10 +485,13 @@ mod avx2 {
     };
 
     /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
+    /// The CPU must support AVX2 and POPCNT (a hardware popcount keeps
+    /// the word position off the critical path).
+    #[target_feature(enable = "avx2,popcnt")]
     pub(super) unsafe fn decode_fast(
         out: &mut [u8],
+        n: usize,
+        spread: Spread,
         x: [u32; LANES],
         dt: &[u32; PROB_SCALE as usize],
         words: &[u8],
@@ -423,7 +513,7 @@ mod avx2 {
         let join = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let mut pos = 0usize;
         let mut done = 0usize;
-        while done + LANES <= out.len() && pos + LANES <= n_words {
+        while done + LANES <= n && pos + LANES <= n_words {
             for s in st.iter_mut() {
                 let e = _mm256_i32gather_epi32::<4>(
                     dt.as_ptr() as *const i32,
@@ -431,7 +521,7 @@ mod avx2 {
                 );
                 let sym = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(e, pick), join);
                 _mm_storel_epi64(
-                    out.as_mut_ptr().add(done) as *mut __m128i,
+                    out.as_mut_ptr().add(spread.at(done)) as *mut __m128i,
                     _mm256_castsi256_si128(sym),
                 );
                 let freq = _mm256_and_si256(_mm256_srli_epi32::<8>(e), fmask);
@@ -466,14 +556,16 @@ mod avx2 {
 mod avx512 {
     //! The AVX2 decoder's sixteen-lane form: `vpexpandd` hands the loaded
     //! words to the needing lanes in order, no permutation table needed.
-    use super::{LANES, PROB_BITS, PROB_SCALE, RANS_L};
+    use super::{Spread, LANES, PROB_BITS, PROB_SCALE, RANS_L};
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// The CPU must support AVX-512F.
-    #[target_feature(enable = "avx512f")]
+    /// The CPU must support AVX-512F and POPCNT.
+    #[target_feature(enable = "avx512f,popcnt")]
     pub(super) unsafe fn decode_fast(
         out: &mut [u8],
+        n: usize,
+        spread: Spread,
         x: [u32; LANES],
         dt: &[u32; PROB_SCALE as usize],
         words: &[u8],
@@ -489,14 +581,14 @@ mod avx512 {
         let low = _mm512_set1_epi32(RANS_L as i32);
         let mut pos = 0usize;
         let mut done = 0usize;
-        while done + LANES <= out.len() && pos + LANES <= n_words {
+        while done + LANES <= n && pos + LANES <= n_words {
             for s in st.iter_mut() {
                 let e = _mm512_i32gather_epi32::<4>(
                     _mm512_and_si512(*s, mask),
                     dt.as_ptr() as *const i32,
                 );
                 _mm_storeu_si128(
-                    out.as_mut_ptr().add(done) as *mut __m128i,
+                    out.as_mut_ptr().add(spread.at(done)) as *mut __m128i,
                     _mm512_cvtepi32_epi8(e),
                 );
                 let freq = _mm512_and_si512(_mm512_srli_epi32::<8>(e), fmask);
@@ -526,16 +618,18 @@ mod avx512 {
 
 /// Symbols lane by lane, each word read bounds-checked.
 fn decode_checked(
-    g: &mut [u8],
+    out: &mut [u8],
+    symbols: std::ops::Range<usize>,
+    spread: Spread,
     x: &mut [u32; LANES],
     dt: &[u32; PROB_SCALE as usize],
     words: &[u8],
     pos: &mut usize,
 ) -> Result<(), Corrupt> {
-    for (i, o) in g.iter_mut().enumerate() {
+    for i in symbols {
         let j = i % LANES;
         let e = dt[(x[j] & (PROB_SCALE - 1)) as usize];
-        *o = e as u8;
+        out[spread.at(i)] = e as u8;
         let mut v = ((e >> 8) & 0xfff) * (x[j] >> PROB_BITS) + (e >> 20);
         if v < RANS_L {
             let w = words
@@ -609,6 +703,37 @@ mod tests {
         // should be within 1 % of it (plus 32 bytes of states).
         assert!((h - 50_000.0).abs() < 500.0, "entropy {h}");
         assert!(size < h * 1.01 + 40.0, "size {size} vs entropy {h}");
+    }
+
+    #[test]
+    fn every_decoder_spreads_symbols_into_records() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        // Lengths around the fast loops' group size leave checked tails.
+        for n_runs in [0usize, 1, 3, 4, 5, 63, 64, 65, 700] {
+            for (run, stride) in [(16, 16), (16, 20), (32, 34), (16, 22)] {
+                let n = n_runs * run;
+                let data: Vec<u8> = (0..n).map(|_| (rng.random::<u8>() % 13) * 7).collect();
+                let counts = histogram(&data);
+                if counts.iter().filter(|&&c| c > 0).count() < 2 {
+                    continue;
+                }
+                let table = Table::from_counts(&counts);
+                let mut stream = Vec::new();
+                encode(&data, &table, &mut stream);
+                let spread = Spread::new(run, stride).unwrap();
+                let mut want = vec![0xa5u8; n_runs * stride];
+                for (i, &b) in data.iter().enumerate() {
+                    want[i / run * stride + i % run] = b;
+                }
+                for fast in available() {
+                    let mut out = vec![0xa5u8; n_runs * stride];
+                    decode_with(fast, &stream, &table, n, &mut out, spread).unwrap();
+                    assert_eq!(out, want, "n={n} run={run} stride={stride}");
+                }
+            }
+        }
+        assert!(Spread::new(8, 16).is_none() && Spread::new(24, 24).is_none());
+        assert!(Spread::new(32, 16).is_none());
     }
 
     #[test]
