@@ -47,3 +47,27 @@ pub fn parse_dtype(s: &str) -> anyhow::Result<FloatDtype> {
         other => bail!("unknown --dtype {other:?} (f16, bf16 or f32)"),
     })
 }
+
+/// The summary of a sentence-encoder run (`tersor prune` / `quantize` on an encoder).
+pub fn print_encoder_summary(s: &tersor_quantize::encoder::EncoderSummary) {
+    println!("wrote {}", s.output.display());
+    println!("  encoder       {}", s.op);
+    println!(
+        "  linears       {:.4} sparse ({} of {} weights are zero)",
+        s.linear_sparsity, s.linear_zeros, s.linear_params
+    );
+    match s.bpw_linear {
+        Some(b) => println!(
+            "  size          {} bytes (dequantized weights); {b:.3} bpw in the GPTQ format",
+            s.file_bytes
+        ),
+        None => println!("  size          {} bytes (dense)", s.file_bytes),
+    }
+    if s.calib_sentences > 0 {
+        println!(
+            "  calibration   {} sentences, {} tokens",
+            s.calib_sentences, s.calib_tokens
+        );
+    }
+    println!("  time          {:.1} s", s.seconds);
+}

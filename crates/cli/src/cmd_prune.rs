@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tersor_quantize::prune::{Pattern, PruneMethod, PruneOptions};
+use tersor_quantize::prune::{Pattern, PruneMethod, PruneOptions, PruneReport};
 use tersor_quantize::CalibConfig;
 
 #[derive(Debug, Args)]
@@ -110,14 +110,21 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     opts.dtype = dtype;
 
     let (bar, progress) = crate::block_job::progress(args.quiet);
-    let summary = tersor_quantize::prune::run(&opts, &progress)
+    let report = tersor_quantize::prune::run(&opts, &progress)
         .with_context(|| format!("cannot prune {}", opts.input.display()))?;
     bar.finish_and_clear();
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    let summary = match report {
+        PruneReport::Decoder(s) => s,
+        PruneReport::Encoder(s) => {
+            crate::block_job::print_encoder_summary(&s);
+            return Ok(());
+        }
+    };
     println!("wrote {}", summary.output.display());
     println!("  method        {} at {}", summary.method, summary.pattern);
     println!(

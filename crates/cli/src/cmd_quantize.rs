@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use tersor_quantize::{CalibConfig, MethodSpec, QuantizeOptions, Target};
+use tersor_quantize::{CalibConfig, MethodSpec, QuantizeOptions, Report, Target};
 
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
@@ -105,14 +105,21 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     }
 
     let (bar, progress) = crate::block_job::progress(args.quiet);
-    let summary = tersor_quantize::run(&opts, &progress)
+    let report = tersor_quantize::run(&opts, &progress)
         .with_context(|| format!("cannot quantize {}", opts.input.display()))?;
     bar.finish_and_clear();
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    let summary = match report {
+        Report::Decoder(s) => s,
+        Report::Encoder(s) => {
+            crate::block_job::print_encoder_summary(&s);
+            return Ok(());
+        }
+    };
     println!("wrote {}", summary.output.display());
     println!("  target        {}", summary.target);
     println!("  method        {}", summary.method);

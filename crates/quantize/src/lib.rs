@@ -22,6 +22,7 @@ mod awq_fold;
 mod calib;
 mod collect;
 mod dense_out;
+pub mod encoder;
 mod error;
 mod gguf_out;
 pub mod gptq_out;
@@ -145,18 +146,64 @@ pub struct Summary {
     pub tensors: Vec<TensorSummary>,
 }
 
-/// Run the job.
-pub fn run(opts: &QuantizeOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<Summary> {
+/// What a run did, by model kind.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Report {
+    Decoder(Summary),
+    Encoder(encoder::EncoderSummary),
+}
+
+/// Run the job: a decoder LM as described above, a sentence encoder through
+/// [`encoder`] (GPTQ-grid targets only, RTN or GPTQ).
+pub fn run(opts: &QuantizeOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<Report> {
     let t0 = Instant::now();
-    let (mut model, tokenizer) = match tersor_model::load(&opts.input)? {
-        LoadedModel::Decoder { model, tokenizer } => (model, tokenizer),
-        LoadedModel::Encoder(_) => {
-            return Err(QuantizeError::Input {
-                path: opts.input.clone(),
-                msg: "sentence encoders cannot be quantized yet (decoder LMs only)".into(),
-            })
+    match tersor_model::load(&opts.input)? {
+        LoadedModel::Decoder { model, tokenizer } => {
+            run_decoder(opts, model, tokenizer, t0, progress).map(Report::Decoder)
         }
-    };
+        LoadedModel::Encoder(bert) => {
+            let (Target::Gptq(spec), false, Method::Rtn | Method::Gptq) =
+                (&opts.target, opts.method.awq, opts.method.base)
+            else {
+                return Err(QuantizeError::Input {
+                    path: opts.input.clone(),
+                    msg: "a sentence encoder takes a GPTQ grid (--type gptq:BITS:gN) with \
+                          --method rtn or gptq"
+                        .into(),
+                });
+            };
+            let group = spec.group_size.ok_or_else(|| {
+                QuantizeError::Usage("encoders take grouped GPTQ grids (gptq:BITS:gN)".into())
+            })?;
+            let mut gptq = opts.gptq.clone();
+            gptq.act_order = spec.act_order;
+            // Groups stay positional (the dequantized weights are what is written).
+            gptq.static_groups = spec.act_order;
+            let job = encoder::EncoderJob {
+                input: opts.input.clone(),
+                output: opts.output.clone(),
+                op: encoder::EncoderOp::Quantize {
+                    grid: tersor_quant::gptq_grid::GptqFormatGrid::new(spec.bits, group, spec.sym)?,
+                    method: opts.method.base,
+                    gptq,
+                },
+                calib_text: opts.calib.path.clone(),
+                max_tokens: opts.calib.max_tokens,
+                batch: 32,
+            };
+            encoder::run(&job, bert, progress).map(Report::Encoder)
+        }
+    }
+}
+
+fn run_decoder(
+    opts: &QuantizeOptions,
+    mut model: Llama,
+    tokenizer: TextTokenizer,
+    t0: Instant,
+    progress: &(dyn Fn(Event) + Sync),
+) -> Result<Summary> {
     let plan = Plan::make(opts, &model)?;
     let mut notes = plan.notes.clone();
     for n in &plan.notes {

@@ -23,7 +23,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 pub use tersor_gptq::FloatDtype;
-use tersor_model::{LinearKind, LoadedModel, TensorNaming};
+use tersor_model::{LinearKind, Llama, LoadedModel, TensorNaming, TextTokenizer};
 use tersor_prune::sparsegpt::{sparsegpt, SparseGptConfig};
 pub use tersor_prune::Pattern;
 use tersor_prune::{magnitude, wanda};
@@ -31,6 +31,7 @@ use tersor_prune::{magnitude, wanda};
 use crate::calib::{CalibConfig, Sequential};
 use crate::collect::Site;
 use crate::dense_out::write_dense_dir;
+use crate::encoder::{self, EncoderJob, EncoderOp, EncoderSummary};
 use crate::error::{QuantizeError, Result};
 use crate::{output_bytes, tensor_vec, Event, TensorSummary};
 
@@ -173,18 +174,47 @@ pub fn sparse_bytes(params: u64, zeros: u64, pattern: Pattern, width: u64) -> u6
     values * width + index_bits.div_ceil(8)
 }
 
-/// Run the job.
-pub fn run(opts: &PruneOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<PruneSummary> {
+/// What a run did, by model kind.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum PruneReport {
+    Decoder(PruneSummary),
+    Encoder(EncoderSummary),
+}
+
+/// Run the job: a decoder LM as described above, a sentence encoder through
+/// [`crate::encoder`] (calibrated on the sentences of the same text).
+pub fn run(opts: &PruneOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<PruneReport> {
     let t0 = Instant::now();
-    let (mut model, tokenizer) = match tersor_model::load(&opts.input)? {
-        LoadedModel::Decoder { model, tokenizer } => (model, tokenizer),
-        LoadedModel::Encoder(_) => {
-            return Err(QuantizeError::Input {
-                path: opts.input.clone(),
-                msg: "sentence encoders cannot be pruned yet (decoder LMs only)".into(),
-            })
+    match tersor_model::load(&opts.input)? {
+        LoadedModel::Decoder { model, tokenizer } => {
+            run_decoder(opts, model, tokenizer, t0, progress).map(PruneReport::Decoder)
         }
-    };
+        LoadedModel::Encoder(bert) => {
+            let job = EncoderJob {
+                input: opts.input.clone(),
+                output: opts.output.clone(),
+                op: EncoderOp::Prune {
+                    method: opts.method,
+                    pattern: opts.pattern,
+                    sparsegpt: opts.sparsegpt.clone(),
+                },
+                calib_text: opts.calib.path.clone(),
+                max_tokens: opts.calib.max_tokens,
+                batch: 32,
+            };
+            encoder::run(&job, bert, progress).map(PruneReport::Encoder)
+        }
+    }
+}
+
+fn run_decoder(
+    opts: &PruneOptions,
+    mut model: Llama,
+    tokenizer: TextTokenizer,
+    t0: Instant,
+    progress: &(dyn Fn(Event) + Sync),
+) -> Result<PruneSummary> {
     if opts.method == PruneMethod::MagnitudeGlobal
         && !matches!(opts.pattern, Pattern::Unstructured(_))
     {

@@ -10,7 +10,15 @@ use common::kl_to_reference;
 use sha2::{Digest, Sha256};
 use tersor_ggml::GgmlType;
 use tersor_gguf::GgufFile;
-use tersor_quantize::{run, CalibConfig, Event, MethodSpec, QuantizeOptions, Target};
+use tersor_quantize::{CalibConfig, Event, MethodSpec, QuantizeOptions, Report, Summary, Target};
+
+/// The job on a decoder (every model here is one).
+fn run(o: &QuantizeOptions, p: &(dyn Fn(Event) + Sync)) -> tersor_quantize::Result<Summary> {
+    tersor_quantize::run(o, p).map(|r| match r {
+        Report::Decoder(s) => s,
+        Report::Encoder(_) => panic!("an encoder report for a decoder"),
+    })
+}
 use tersor_testkit::{calib_text, gguf_py_hashes, TempDir, TinyLlama};
 
 const TYPES: [GgmlType; 11] = [

@@ -10,9 +10,19 @@ use common::kl_to_reference;
 
 use tersor_model::{LinearKind, LoadedModel};
 use tersor_prune::pattern::satisfies_nm;
-use tersor_quantize::prune::{run, FloatDtype, Pattern, PruneMethod, PruneOptions};
+use tersor_quantize::prune::{
+    FloatDtype, Pattern, PruneMethod, PruneOptions, PruneReport, PruneSummary,
+};
 use tersor_quantize::{CalibConfig, Event};
 use tersor_testkit::{calib_text, TempDir, TinyLlama};
+
+/// The job on a decoder (every model here is one).
+fn run(o: &PruneOptions, p: &(dyn Fn(Event) + Sync)) -> tersor_quantize::Result<PruneSummary> {
+    tersor_quantize::prune::run(o, p).map(|r| match r {
+        PruneReport::Decoder(s) => s,
+        PruneReport::Encoder(_) => panic!("an encoder report for a decoder"),
+    })
+}
 
 fn options(
     input: &Path,
