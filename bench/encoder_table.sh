@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The encoder path: all-MiniLM-L6-v2 pruned to 50 % (magnitude, Wanda, SparseGPT; also
-# 2:4) and quantized to 4 bits (RTN and GPTQ onto gptq:4:g128), scored by the mean cosine
+# The encoder path: all-MiniLM-L6-v2 pruned to 50 % (magnitude, Wanda, SparseGPT)
+# and quantized to 4 bits (RTN and GPTQ onto gptq:4:g128), scored by the mean cosine
 # similarity of its sentence embeddings to the original's. Writes
 # bench/results/encoder_table.md.
 #
@@ -53,9 +53,6 @@ row() {
 row magnitude-50 prune --sparsity 0.5 --method magnitude
 row wanda-50 prune --sparsity 0.5 --method wanda
 row sparsegpt-50 prune --sparsity 0.5 --method sparsegpt
-row magnitude-2of4 prune --pattern 2:4 --method magnitude
-row wanda-2of4 prune --pattern 2:4 --method wanda
-row sparsegpt-2of4 prune --pattern 2:4 --method sparsegpt
 row rtn-4bit quantize --type gptq:4:g128 --method rtn
 row gptq-4bit quantize --type gptq:4:g128 --method gptq
 
