@@ -103,6 +103,21 @@ pub struct EncoderJob {
     pub batch: usize,
 }
 
+impl EncoderJob {
+    /// A job calibrated on the sentences of `calib`'s text, up to its `max_tokens`
+    /// (`calib.ctx` does not apply: sentences are embedded whole), 32 per pass.
+    pub fn new(input: &Path, output: &Path, op: EncoderOp, calib: &crate::CalibConfig) -> Self {
+        EncoderJob {
+            input: input.to_path_buf(),
+            output: output.to_path_buf(),
+            op,
+            calib_text: calib.path.clone(),
+            max_tokens: calib.max_tokens,
+            batch: 32,
+        }
+    }
+}
+
 /// One compressed linear in the summary.
 #[derive(Clone, Debug, Serialize)]
 pub struct EncoderLinear {

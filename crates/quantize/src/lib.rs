@@ -180,18 +180,12 @@ pub fn run(opts: &QuantizeOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
             gptq.act_order = spec.act_order;
             // Groups stay positional (the dequantized weights are what is written).
             gptq.static_groups = spec.act_order;
-            let job = encoder::EncoderJob {
-                input: opts.input.clone(),
-                output: opts.output.clone(),
-                op: encoder::EncoderOp::Quantize {
-                    grid: tersor_quant::gptq_grid::GptqFormatGrid::new(spec.bits, group, spec.sym)?,
-                    method: opts.method.base,
-                    gptq,
-                },
-                calib_text: opts.calib.path.clone(),
-                max_tokens: opts.calib.max_tokens,
-                batch: 32,
+            let op = encoder::EncoderOp::Quantize {
+                grid: tersor_quant::gptq_grid::GptqFormatGrid::new(spec.bits, group, spec.sym)?,
+                method: opts.method.base,
+                gptq,
             };
+            let job = encoder::EncoderJob::new(&opts.input, &opts.output, op, &opts.calib);
             encoder::run(&job, bert, progress).map(Report::Encoder)
         }
     }

@@ -191,18 +191,12 @@ pub fn run(opts: &PruneOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<Pru
             run_decoder(opts, model, tokenizer, t0, progress).map(PruneReport::Decoder)
         }
         LoadedModel::Encoder(bert) => {
-            let job = EncoderJob {
-                input: opts.input.clone(),
-                output: opts.output.clone(),
-                op: EncoderOp::Prune {
-                    method: opts.method,
-                    pattern: opts.pattern,
-                    sparsegpt: opts.sparsegpt.clone(),
-                },
-                calib_text: opts.calib.path.clone(),
-                max_tokens: opts.calib.max_tokens,
-                batch: 32,
+            let op = EncoderOp::Prune {
+                method: opts.method,
+                pattern: opts.pattern,
+                sparsegpt: opts.sparsegpt.clone(),
             };
+            let job = EncoderJob::new(&opts.input, &opts.output, op, &opts.calib);
             encoder::run(&job, bert, progress).map(PruneReport::Encoder)
         }
     }

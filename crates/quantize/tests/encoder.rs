@@ -33,6 +33,20 @@ fn encoder(p: &Path) -> Bert {
     }
 }
 
+/// Every linear weight of `model`: (layer and kind, row-major values, columns).
+fn linears(model: &Bert) -> Vec<(String, Vec<f32>, usize)> {
+    let mut out = Vec::new();
+    for l in 0..model.n_layers() {
+        for kind in BERT_KINDS {
+            let t = model.linear_weight(l, kind).unwrap();
+            let cols = t.dims2().unwrap().1;
+            let w = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            out.push((format!("layer {l} {kind}"), w, cols));
+        }
+    }
+    out
+}
+
 /// Mean cosine similarity of `model`'s embeddings to `reference`'s on the first 64
 /// sentences of the evaluation split.
 fn mean_cosine(model: &Bert, reference: &Bert, assets: &Path) -> f64 {
@@ -103,12 +117,12 @@ fn minilm_pruned_to_half_keeps_its_embeddings_best_with_data_aware_pruners() {
             assert_eq!(l.zeros * 2, l.params, "{}", l.name);
         }
         let pruned = encoder(&out);
-        for l in 0..pruned.n_layers() {
-            for kind in BERT_KINDS {
-                let w = pruned.linear_weight(l, kind).unwrap();
-                let w = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                assert_eq!(w.iter().filter(|&&x| x == 0.0).count() * 2, w.len());
-            }
+        for (name, w, _) in linears(&pruned) {
+            assert_eq!(
+                w.iter().filter(|&&x| x == 0.0).count() * 2,
+                w.len(),
+                "{name}"
+            );
         }
         other_tensors_unchanged(&input, &out);
         if method.calibrates() {
@@ -158,18 +172,13 @@ fn minilm_at_4_bits_lies_on_the_grid_and_keeps_its_embeddings() {
         assert!((bpw - (4.0 + 20.0 / 128.0)).abs() < 1e-9, "{bpw}");
         let q = encoder(&out);
         // At most 16 distinct values in each 128-weight group of a row.
-        for l in 0..q.n_layers() {
-            for kind in BERT_KINDS {
-                let t = q.linear_weight(l, kind).unwrap();
-                let (_, cols) = t.dims2().unwrap();
-                let w = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                for row in w.chunks(cols) {
-                    for g in row.chunks(128) {
-                        let mut v: Vec<u32> = g.iter().map(|x| x.to_bits()).collect();
-                        v.sort_unstable();
-                        v.dedup();
-                        assert!(v.len() <= 16, "layer {l} {kind}: {} values", v.len());
-                    }
+        for (name, w, cols) in linears(&q) {
+            for row in w.chunks(cols) {
+                for g in row.chunks(128) {
+                    let mut v: Vec<u32> = g.iter().map(|x| x.to_bits()).collect();
+                    v.sort_unstable();
+                    v.dedup();
+                    assert!(v.len() <= 16, "{name}: {} values", v.len());
                 }
             }
         }
