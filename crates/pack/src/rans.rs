@@ -505,44 +505,63 @@ mod avx2 {
         let mask = _mm256_set1_epi32((PROB_SCALE - 1) as i32);
         let fmask = _mm256_set1_epi32(0xfff);
         let low = _mm256_set1_epi32(RANS_L as i32);
-        // Byte 0 of each 32-bit entry to the low four bytes of each half.
-        let pick = _mm256_setr_epi8(
-            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1,
-            -1, -1, -1, -1, -1, -1, -1, -1, -1,
-        );
+        let byte = _mm256_set1_epi32(0xff);
+        // After two packs, dword d of the 32 symbols of four vectors holds
+        // vector d % 4's symbols 0..4 (d < 4) or 4..8 (d ≥ 4).
         let join = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let mut pos = 0usize;
         let mut done = 0usize;
         while done + LANES <= n && pos + LANES <= n_words {
-            for s in st.iter_mut() {
-                let e = _mm256_i32gather_epi32::<4>(
-                    dt.as_ptr() as *const i32,
-                    _mm256_and_si256(*s, mask),
-                );
-                let sym = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(e, pick), join);
-                _mm_storel_epi64(
-                    out.as_mut_ptr().add(spread.at(done)) as *mut __m128i,
+            // Every lane's table lookup and next state first: the eight
+            // gathers are independent, and only the renormalisation below
+            // runs through the word position. `st` holds the states before
+            // renormalisation in between (more arrays would spill).
+            let mut m = [0usize; V];
+            for q in 0..V / 4 {
+                let mut e = [_mm256_setzero_si256(); 4];
+                for (j, e) in e.iter_mut().enumerate() {
+                    let s = &mut st[4 * q + j];
+                    *e = _mm256_i32gather_epi32::<4>(
+                        dt.as_ptr() as *const i32,
+                        _mm256_and_si256(*s, mask),
+                    );
+                    let freq = _mm256_and_si256(_mm256_srli_epi32::<8>(*e), fmask);
+                    let bias = _mm256_srli_epi32::<20>(*e);
+                    *s = _mm256_add_epi32(
+                        _mm256_mullo_epi32(freq, _mm256_srli_epi32::<{ PROB_BITS as i32 }>(*s)),
+                        bias,
+                    );
+                    // States stay below 2^31, so the signed compare is exact.
+                    let need = _mm256_cmpgt_epi32(low, *s);
+                    m[4 * q + j] = _mm256_movemask_ps(_mm256_castsi256_ps(need)) as usize;
+                }
+                // The 32 symbols (byte 0 of each entry): two packs and one
+                // permutation.
+                let b = |j: usize| _mm256_and_si256(e[j], byte);
+                let lo = _mm256_packus_epi32(b(0), b(1));
+                let hi = _mm256_packus_epi32(b(2), b(3));
+                let sym = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(lo, hi), join);
+                let at = done + q * 32;
+                _mm_storeu_si128(
+                    out.as_mut_ptr().add(spread.at(at)) as *mut __m128i,
                     _mm256_castsi256_si128(sym),
                 );
-                let freq = _mm256_and_si256(_mm256_srli_epi32::<8>(e), fmask);
-                let bias = _mm256_srli_epi32::<20>(e);
-                let v = _mm256_add_epi32(
-                    _mm256_mullo_epi32(freq, _mm256_srli_epi32::<{ PROB_BITS as i32 }>(*s)),
-                    bias,
+                _mm_storeu_si128(
+                    out.as_mut_ptr().add(spread.at(at + 16)) as *mut __m128i,
+                    _mm256_extracti128_si256::<1>(sym),
                 );
-                // States stay below 2^31, so the signed compare is exact.
-                let need = _mm256_cmpgt_epi32(low, v);
-                let m = _mm256_movemask_ps(_mm256_castsi256_ps(need)) as usize;
+            }
+            for (s, &m) in st.iter_mut().zip(&m) {
                 let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(
                     words.as_ptr().add(pos * 2) as *const __m128i
                 ));
                 let idx = _mm256_loadu_si256(PERM[m].as_ptr() as *const __m256i);
                 let w = _mm256_permutevar8x32_epi32(w, idx);
-                let renorm = _mm256_or_si256(_mm256_slli_epi32::<16>(v), w);
-                *s = _mm256_blendv_epi8(v, renorm, need);
+                let renorm = _mm256_or_si256(_mm256_slli_epi32::<16>(*s), w);
+                *s = _mm256_blendv_epi8(*s, renorm, _mm256_cmpgt_epi32(low, *s));
                 pos += m.count_ones() as usize;
-                done += 8;
             }
+            done += LANES;
         }
         let mut xo = [0u32; LANES];
         for (v, s) in st.iter().enumerate() {
