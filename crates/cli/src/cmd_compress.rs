@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tersor_compress::sparsity::SparsityOptions;
 use tersor_compress::{Budget, CompressOptions, Event, Format, SearchOptions, UnitErrors};
 use tersor_levels::LevelKind;
+use tersor_quantize::prune::{FloatDtype, Pattern};
 use tersor_quantize::{CalibConfig, MethodSpec};
 
 #[derive(Debug, Args)]
@@ -17,10 +19,10 @@ pub struct CompressArgs {
     #[arg(value_name = "MODEL")]
     model: Option<PathBuf>,
 
-    /// Output family: gguf (the budget is the whole file) or gptq (a GPTQ checkpoint
-    /// directory; the budget counts the blocks' linear layers).
-    #[arg(long, default_value = "gguf", value_name = "FORMAT")]
-    format: String,
+    /// Output family: gguf (the budget is the whole file; the default) or gptq (a GPTQ
+    /// checkpoint directory; the budget counts the blocks' linear layers).
+    #[arg(long, value_name = "FORMAT")]
+    format: Option<String>,
 
     /// Budget in bits per weight (default 5.25 for gguf, 3.0 for gptq).
     #[arg(long, value_name = "B", conflicts_with = "target_size")]
@@ -29,6 +31,18 @@ pub struct CompressArgs {
     /// Budget in bytes (suffixes K, M, G = 1000^n; KiB, MiB, GiB = 1024^n).
     #[arg(long, value_name = "S")]
     target_size: Option<String>,
+
+    /// Budget as a global sparsity of the block linears (0.6 or 60%): EvoPress chooses
+    /// each linear's sparsity among --levels (SparseGPT at 0, 10 %, …, 90 % by default)
+    /// and the result is a dense Hugging Face directory with the zeros stored. Several
+    /// targets (0.5,0.6,0.7) share one level database; -o is then a parent directory.
+    #[arg(
+        long,
+        value_name = "S",
+        value_delimiter = ',',
+        conflicts_with_all = ["target_bpw", "target_size"]
+    )]
+    target_sparsity: Vec<String>,
 
     /// Calibration text (default: the calibration split of Botchan).
     #[arg(long, value_name = "FILE")]
@@ -43,7 +57,8 @@ pub struct CompressArgs {
     ctx: usize,
 
     /// Level kinds, comma-separated (default: Q4_0,IQ4_NL,Q5_0,Q8_0 on 32-block rows and
-    /// Q2_K..Q6_K,Q8_0 on 256-multiple rows; gptq: gptq:{2,3,4,8}:g{32,64,128}).
+    /// Q2_K..Q6_K,Q8_0 on 256-multiple rows; gptq: gptq:{2,3,4,8}:g{32,64,128};
+    /// with --target-sparsity: sparsities, 0,0.1,...,0.9).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     levels: Vec<String>,
 
@@ -59,36 +74,12 @@ pub struct CompressArgs {
     #[arg(long, default_value_t = 10, value_name = "N")]
     generations: usize,
 
-    /// Offspring per generation.
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    offspring: usize,
-
-    /// Calibration windows per selection stage, comma-separated (increasing). The
-    /// last stage always scores the first windows; smaller stages rotate through them
-    /// from one generation to the next.
-    #[arg(
-        long,
-        default_value = "1,4,8",
-        value_name = "LIST",
-        value_delimiter = ','
-    )]
-    stage_windows: Vec<usize>,
-
-    /// Survivors after each stage but the last, comma-separated.
-    #[arg(
-        long,
-        default_value = "2,1",
-        value_name = "LIST",
-        value_delimiter = ','
-    )]
-    survivors: Vec<usize>,
+    #[command(flatten)]
+    selection: SelectionArgs,
 
     /// Random assignments tried by the best-of-N baseline.
     #[arg(long, default_value_t = 16, value_name = "N")]
     random_samples: usize,
-
-    #[arg(long, default_value_t = 0, value_name = "S")]
-    seed: u64,
 
     /// Keep only the reference's K most likely tokens per position for the fitness
     /// (bounds memory; the KL then lumps the other tokens into one bucket).
@@ -142,6 +133,257 @@ pub struct CompressArgs {
     quiet: bool,
 }
 
+/// EvoPress's selection settings, shared by `compress` and `depth`.
+#[derive(Debug, Args)]
+pub struct SelectionArgs {
+    /// Offspring per generation.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    offspring: usize,
+
+    /// Calibration windows per selection stage, comma-separated (increasing). The
+    /// last stage always scores the first windows; smaller stages rotate through them
+    /// from one generation to the next.
+    #[arg(
+        long,
+        default_value = "1,4,8",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    stage_windows: Vec<usize>,
+
+    /// Survivors after each stage but the last, comma-separated.
+    #[arg(
+        long,
+        default_value = "2,1",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    survivors: Vec<usize>,
+
+    /// Seed of the search (runs with the same seed and inputs give the same result).
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    seed: u64,
+}
+
+impl SelectionArgs {
+    /// These settings over `base`.
+    pub fn apply(&self, base: SearchOptions) -> SearchOptions {
+        SearchOptions {
+            offspring: self.offspring,
+            stage_windows: self.stage_windows.clone(),
+            survivors: self.survivors.clone(),
+            seed: self.seed,
+            ..base
+        }
+    }
+}
+
+/// The calibration text (default: Botchan's calibration split) and the evaluation text
+/// (default: its evaluation split) with its window count (`None` for 0 windows).
+pub fn texts(
+    calib: Option<&PathBuf>,
+    eval: Option<&PathBuf>,
+    eval_chunks: usize,
+) -> anyhow::Result<(PathBuf, Option<(PathBuf, usize)>)> {
+    let calib = match calib {
+        Some(p) => p.clone(),
+        None => {
+            tersor_assets::botchan_calib().context("cannot obtain the default calibration text")?
+        }
+    };
+    let eval = if eval_chunks == 0 {
+        None
+    } else {
+        let p = match eval {
+            Some(p) => p.clone(),
+            None => tersor_assets::botchan_eval()
+                .context("cannot obtain the default evaluation text")?,
+        };
+        Some((p, eval_chunks))
+    };
+    Ok((calib, eval))
+}
+
+fn search_options(args: &CompressArgs) -> SearchOptions {
+    args.selection.apply(SearchOptions {
+        generations: args.generations,
+        max_switches: 3,
+        random_samples: args.random_samples,
+        batch: 1,
+        kl_top_k: args.kl_top_k,
+        unit_errors: args.unit_errors,
+        guided: !args.unguided,
+        ..SearchOptions::default()
+    })
+}
+
+/// `--target-sparsity`: EvoPress over per-linear SparseGPT sparsities.
+fn run_sparsity(args: &CompressArgs, model: &std::path::Path) -> anyhow::Result<()> {
+    let fractions = args
+        .target_sparsity
+        .iter()
+        .map(|t| match t.trim().parse::<Pattern>() {
+            Ok(Pattern::Unstructured(s)) if s > 0.0 => Ok(s),
+            _ => bail!("--target-sparsity {t}: expected a fraction like 0.6 or 60%"),
+        })
+        .collect::<anyhow::Result<Vec<f64>>>()?;
+    for (set, flag) in [
+        (args.format.is_some(), "--format"),
+        (args.db.is_some(), "--db"),
+        (args.resume, "--resume"),
+        (args.baselines_dir.is_some(), "--baselines-dir"),
+        (args.emit_llama_quantize_args, "--emit-llama-quantize-args"),
+    ] {
+        if set {
+            bail!("{flag} does not apply to --target-sparsity (its output is a Hugging Face directory)");
+        }
+    }
+    let levels = if args.levels.is_empty() {
+        tersor_compress::sparsity::DEFAULT_LEVELS.to_vec()
+    } else {
+        args.levels
+            .iter()
+            .map(|s| match s.trim().parse::<Pattern>() {
+                Ok(Pattern::Unstructured(x)) => Ok(x),
+                _ => bail!("--levels {s}: with --target-sparsity the levels are sparsities like 0.5 or 50%"),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let (calib, eval) = texts(args.calib.as_ref(), args.eval.as_ref(), args.eval_chunks)?;
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "model".into());
+    let name = |t: f64| PathBuf::from(format!("{stem}.tersor-sparse{}", (t * 100.0).round()));
+    let targets: Vec<(f64, Option<PathBuf>)> = match (&args.output, fractions.as_slice()) {
+        (Some(o), [t]) => vec![(*t, Some(o.clone()))],
+        (Some(dir), ts) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            ts.iter().map(|&t| (t, Some(dir.join(name(t))))).collect()
+        }
+        (None, ts) => ts.iter().map(|&t| (t, Some(name(t)))).collect(),
+    };
+    let opts = SparsityOptions {
+        input: model.to_path_buf(),
+        targets,
+        levels,
+        calib: CalibConfig {
+            path: calib,
+            max_tokens: args.calib_tokens,
+            ctx: args.ctx,
+        },
+        sparsegpt: Default::default(),
+        search: search_options(args),
+        eval,
+        dtype: FloatDtype::F16,
+    };
+    let (bar, progress) = progress_bar(args.quiet);
+    let report = tersor_compress::sparsity::run(&opts, &progress)
+        .with_context(|| format!("cannot compress {}", opts.input.display()))?;
+    bar.finish_and_clear();
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(p) = &args.report {
+        tersor_levels::atomic_write(p, json.as_bytes())
+            .with_context(|| format!("cannot write the report {}", p.display()))?;
+    }
+    if args.json {
+        println!("{json}");
+        return Ok(());
+    }
+    println!(
+        "{}: {} block-linear weights, sparsity levels {:?}; fitness on {:?} calibration tokens per stage",
+        report.input.display(),
+        report.linear_params,
+        report.levels,
+        report.fitness_tokens
+    );
+    for t in &report.targets {
+        println!();
+        if let Some(o) = &t.output {
+            println!("wrote {}", o.display());
+        }
+        println!(
+            "  target sparsity {:.4} ({} zeros); EvoPress: {} generations",
+            t.target,
+            t.zeros_required,
+            t.curve.len()
+        );
+        println!(
+            "  {:<12} {:>10} {:>12} {:>10} {:>10}",
+            "method", "sparsity", "calib KL", "PPL", "KL"
+        );
+        for m in &t.methods {
+            let (ppl, kl) = eval_cells(m.eval.as_ref());
+            println!(
+                "  {:<12} {:>10.4} {:>12.5} {:>10} {:>10}",
+                m.name, m.sparsity, m.fitness, ppl, kl
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The progress bar of a compress run and the callback that drives it.
+fn progress_bar(quiet: bool) -> (ProgressBar, impl Fn(Event) + Sync) {
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    if quiet || !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg} (eta {eta})",
+        )
+        .expect("valid progress template"),
+    );
+    let b = bar.clone();
+    let progress = move |e: Event| match e {
+        Event::Note(n) => {
+            if !quiet {
+                b.suspend(|| eprintln!("note: {n}"));
+            }
+        }
+        Event::BuildStart { levels, .. } => {
+            b.set_length(levels as u64);
+            b.set_position(0);
+            b.set_message("building levels");
+        }
+        Event::BuildLevel { done, tensor, .. } => {
+            b.set_position(done as u64);
+            b.set_message(format!("levels: {tensor}"));
+        }
+        Event::UnitKl { done, total } => {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+            b.set_message("per-tensor KL (DP baseline)");
+        }
+        Event::Baseline { name, fitness } => {
+            if !quiet {
+                b.suspend(|| eprintln!("baseline {name}: calibration KL {fitness:.5}"));
+            }
+        }
+        Event::Generation {
+            done,
+            total,
+            fitness,
+        } => {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+            b.set_message(format!("EvoPress, calibration KL {fitness:.5}"));
+        }
+        Event::Eval { name } => b.set_message(format!("evaluating {name}")),
+        Event::Writing { path } => b.set_message(format!("writing {}", path.display())),
+    };
+    (bar, progress)
+}
+
+/// The perplexity and mean KL cells of a summary row (`-` without an evaluation).
+pub fn eval_cells(e: Option<&tersor_compress::EvalFigures>) -> (String, String) {
+    e.map_or(("-".into(), "-".into()), |e| {
+        (format!("{:.3}", e.perplexity), format!("{:.5}", e.kld_mean))
+    })
+}
+
 fn parse_size(s: &str) -> anyhow::Result<u64> {
     let t = s.trim();
     let (num, mult) = [
@@ -167,7 +409,10 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
 
 pub fn run(args: Box<CompressArgs>) -> anyhow::Result<()> {
     let model = crate::model_or_default(args.model.clone())?;
-    let format = match args.format.as_str() {
+    if !args.target_sparsity.is_empty() {
+        return run_sparsity(&args, &model);
+    }
+    let format = match args.format.as_deref().unwrap_or("gguf") {
         "gguf" => Format::Gguf,
         "gptq" => Format::Gptq,
         f => bail!("--format {f}: expected gguf or gptq"),
@@ -194,22 +439,7 @@ pub fn run(args: Box<CompressArgs>) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?,
         )
     };
-    let calib = match &args.calib {
-        Some(p) => p.clone(),
-        None => {
-            tersor_assets::botchan_calib().context("cannot obtain the default calibration text")?
-        }
-    };
-    let eval = if args.eval_chunks == 0 {
-        None
-    } else {
-        let p = match &args.eval {
-            Some(p) => p.clone(),
-            None => tersor_assets::botchan_eval()
-                .context("cannot obtain the default evaluation text")?,
-        };
-        Some((p, args.eval_chunks))
-    };
+    let (calib, eval) = texts(args.calib.as_ref(), args.eval.as_ref(), args.eval_chunks)?;
     let output = args
         .output
         .clone()
@@ -228,19 +458,7 @@ pub fn run(args: Box<CompressArgs>) -> anyhow::Result<()> {
         method: method.base,
         gptq: Default::default(),
         db: args.db.clone(),
-        search: SearchOptions {
-            generations: args.generations,
-            offspring: args.offspring,
-            stage_windows: args.stage_windows.clone(),
-            survivors: args.survivors.clone(),
-            max_switches: 3,
-            seed: args.seed,
-            random_samples: args.random_samples,
-            batch: 1,
-            kl_top_k: args.kl_top_k,
-            unit_errors: args.unit_errors,
-            guided: !args.unguided,
-        },
+        search: search_options(&args),
         resume: args.resume,
         baselines_dir: args.baselines_dir.clone(),
         eval,
@@ -249,54 +467,7 @@ pub fn run(args: Box<CompressArgs>) -> anyhow::Result<()> {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
 
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    if args.quiet || !std::io::stderr().is_terminal() {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg} (eta {eta})",
-        )
-        .expect("valid progress template"),
-    );
-    let quiet = args.quiet;
-    let progress = |e: Event| match e {
-        Event::Note(n) => {
-            if !quiet {
-                bar.suspend(|| eprintln!("note: {n}"));
-            }
-        }
-        Event::BuildStart { levels, .. } => {
-            bar.set_length(levels as u64);
-            bar.set_position(0);
-            bar.set_message("building levels");
-        }
-        Event::BuildLevel { done, tensor, .. } => {
-            bar.set_position(done as u64);
-            bar.set_message(format!("levels: {tensor}"));
-        }
-        Event::UnitKl { done, total } => {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-            bar.set_message("per-tensor KL (DP baseline)");
-        }
-        Event::Baseline { name, fitness } => {
-            if !quiet {
-                bar.suspend(|| eprintln!("baseline {name}: calibration KL {fitness:.5}"));
-            }
-        }
-        Event::Generation {
-            done,
-            total,
-            fitness,
-        } => {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-            bar.set_message(format!("EvoPress, calibration KL {fitness:.5}"));
-        }
-        Event::Eval { name } => bar.set_message(format!("evaluating {name}")),
-        Event::Writing { path } => bar.set_message(format!("writing {}", path.display())),
-    };
+    let (bar, progress) = progress_bar(args.quiet);
     let report = tersor_compress::run(&opts, &progress)
         .with_context(|| format!("cannot compress {}", opts.input.display()))?;
     bar.finish_and_clear();
@@ -334,12 +505,7 @@ pub fn run(args: Box<CompressArgs>) -> anyhow::Result<()> {
         "method", "bytes", "bpw", "calib KL", "PPL", "KL"
     );
     for m in &report.methods {
-        let (ppl, kl) = m
-            .eval
-            .as_ref()
-            .map_or(("-".to_string(), "-".to_string()), |e| {
-                (format!("{:.3}", e.perplexity), format!("{:.5}", e.kld_mean))
-            });
+        let (ppl, kl) = eval_cells(m.eval.as_ref());
         println!(
             "  {:<12} {:>12} {:>8.4} {:>12.5} {:>10} {:>10}",
             m.name, m.bytes, m.bpw, m.fitness, ppl, kl

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod block_job;
 mod cmd_compress;
+mod cmd_depth;
 mod cmd_eval;
 mod cmd_fetch;
 mod cmd_inspect;
@@ -52,7 +53,10 @@ enum Command {
     /// Find the per-tensor compression that loses the least at a size budget
     /// (EvoPress over a level database), beside uniform, heuristic, DP and random
     /// baselines; with no arguments, the default LM to a 5.25 bpw GGUF.
-    Compress(cmd_compress::CompressArgs),
+    Compress(Box<cmd_compress::CompressArgs>),
+    /// Depth pruning: which attention / MLP sublayers to drop for a number of
+    /// blocks' worth of parameters (EvoPress), against dropping the last blocks.
+    Depth(cmd_depth::DepthArgs),
     /// Pack a model file or directory losslessly (byte planes, rANS, zstd;
     /// checksummed, random access by tensor).
     Pack(cmd_pack::PackArgs),
@@ -84,7 +88,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Quantize(args) => cmd_quantize::run(args),
         Command::Prune(args) => cmd_prune::run(args),
         Command::Lowrank(args) => cmd_lowrank::run(args),
-        Command::Compress(args) => cmd_compress::run(Box::new(args)),
+        Command::Compress(args) => cmd_compress::run(args),
+        Command::Depth(args) => cmd_depth::run(args),
         Command::Pack(args) => cmd_pack::run_pack(args),
         Command::Unpack(args) => cmd_pack::run_unpack(args),
     }

@@ -372,6 +372,36 @@ fn compress_rejects_bad_budgets_and_options_before_any_work() {
         "{}",
         stderr(&o)
     );
+
+    // Sparsity budgets: their own option checks, all before any work.
+    let sparse = dir.path().join("sparse");
+    for (args, want) in [
+        (
+            &["--target-sparsity", "0.6", "--format", "gguf"][..],
+            "--format does not apply",
+        ),
+        (
+            &["--target-sparsity", "2:4"][..],
+            "--target-sparsity 2:4: expected a fraction",
+        ),
+        (
+            &["--target-sparsity", "0.6", "--levels", "Q4_0"][..],
+            "--levels Q4_0",
+        ),
+        (
+            &["--target-sparsity", "0.95"][..],
+            "outside the sparsity levels",
+        ),
+    ] {
+        let mut a = vec!["compress", "-o", s(&sparse), "-q"];
+        a.extend_from_slice(args);
+        let o = tersor(&a);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+    let o = tersor(&["compress", "--target-sparsity", "0.6", "--target-bpw", "3"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!sparse.exists());
 }
 
 /// Killing `tersor compress` in the middle of its search and running it again with

@@ -100,7 +100,7 @@ fn target_of(kind: LevelKind) -> LayerTarget {
 
 /// `tr(M H Mᵀ)` for `M` `[rows, cols]` and `H = XᵀX` (`Σ ‖M x‖²` over the
 /// calibration rows), or `‖M‖²` when there are no activations.
-fn energy(m: &[f32], rows: usize, cols: usize, h: Option<&Tensor>) -> Result<f64> {
+pub(crate) fn energy(m: &[f32], rows: usize, cols: usize, h: Option<&Tensor>) -> Result<f64> {
     let Some(h) = h else {
         return Ok(m.iter().map(|&x| (x as f64) * (x as f64)).sum());
     };

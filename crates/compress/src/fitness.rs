@@ -104,13 +104,7 @@ impl Evaluator {
         batch: usize,
         top_k: Option<usize>,
     ) -> Result<Self> {
-        if stage_windows.is_empty() || stage_windows.iter().any(|&n| n == 0 || n > windows.len()) {
-            return Err(CompressError::Usage(format!(
-                "fitness stages need between 1 and {} calibration windows each, got {:?}",
-                windows.len(),
-                stage_windows
-            )));
-        }
+        check_stages(&stage_windows, windows.len())?;
         let mut weights = Vec::with_capacity(units.len());
         for u in &units {
             let t = db.find(&u.name).ok_or_else(|| {
@@ -122,6 +116,40 @@ impl Evaluator {
                 lv.push(Tensor::from_vec(v, (u.rows, u.cols), &Device::Cpu)?);
             }
             weights.push(lv);
+        }
+        Self::from_levels(
+            reference,
+            units,
+            weights,
+            windows,
+            stage_windows,
+            batch,
+            top_k,
+        )
+    }
+
+    /// [`Evaluator::new`] with every level's weights given: `weights[unit][level]`,
+    /// `[rows, cols]` f32 (levels that are not in a database, such as a dropped
+    /// sublayer's zeroed projection).
+    pub fn from_levels(
+        reference: Llama,
+        units: Vec<Unit>,
+        weights: Vec<Vec<Tensor>>,
+        windows: Vec<Vec<u32>>,
+        stage_windows: Vec<usize>,
+        batch: usize,
+        top_k: Option<usize>,
+    ) -> Result<Self> {
+        check_stages(&stage_windows, windows.len())?;
+        if weights.len() != units.len()
+            || units
+                .iter()
+                .zip(&weights)
+                .any(|(u, lv)| lv.is_empty() || lv.iter().any(|w| w.dims() != [u.rows, u.cols]))
+        {
+            return Err(CompressError::Invariant(
+                "every unit needs at least one level of its own shape".into(),
+            ));
         }
         let n_needed = *stage_windows.iter().max().expect("non-empty");
         let mut ws = Vec::with_capacity(n_needed);
@@ -468,6 +496,17 @@ impl Evaluator {
         }
         Ok(table)
     }
+}
+
+/// Every selection stage scores between 1 and `n_windows` windows. Checked before the
+/// levels are decoded.
+fn check_stages(stage_windows: &[usize], n_windows: usize) -> Result<()> {
+    if stage_windows.is_empty() || stage_windows.iter().any(|&n| n == 0 || n > n_windows) {
+        return Err(CompressError::Usage(format!(
+            "fitness stages need between 1 and {n_windows} calibration windows each, got {stage_windows:?}"
+        )));
+    }
+    Ok(())
 }
 
 fn w_len(chunk: &[Vec<u32>]) -> usize {

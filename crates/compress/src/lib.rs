@@ -17,8 +17,10 @@
 
 pub mod baselines;
 pub mod build;
+pub mod depth;
 pub mod fitness;
 pub mod output;
+pub mod sparsity;
 pub mod units;
 
 use std::fmt;
@@ -172,6 +174,47 @@ impl Default for SearchOptions {
             guided: true,
         }
     }
+}
+
+impl SearchOptions {
+    /// The evolutionary search's settings.
+    pub fn evo_config(&self) -> EvoConfig {
+        EvoConfig {
+            generations: self.generations,
+            offspring: self.offspring,
+            survivors: self.survivors.clone(),
+            max_switches: self.max_switches,
+            seed: self.seed,
+        }
+    }
+}
+
+/// EvoPress from `start` without a checkpoint, reporting every generation (the jobs
+/// that are not resumable: depth, sparsity).
+pub(crate) fn evopress_from(
+    problem: &Problem,
+    eval: &Evaluator,
+    s: &SearchOptions,
+    table: &[Vec<f64>],
+    start: Assignment,
+    progress: &(dyn Fn(Event) + Sync),
+) -> Result<EvoState> {
+    let total = s.generations;
+    Ok(tersor_search::evopress_guided(
+        problem,
+        eval,
+        &s.evo_config(),
+        s.guided.then_some(table),
+        EvoStart::From(start),
+        &mut |st: &EvoState| {
+            progress(Event::Generation {
+                done: st.generation,
+                total,
+                fitness: st.parent_fitness,
+            });
+            Ok(())
+        },
+    )?)
 }
 
 /// Everything `tersor compress` needs.
@@ -450,13 +493,7 @@ pub fn run(opts: &CompressOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     } else {
         EvoStart::From(allocs[best].1.clone())
     };
-    let cfg = EvoConfig {
-        generations: s.generations,
-        offspring: s.offspring,
-        survivors: s.survivors.clone(),
-        max_switches: s.max_switches,
-        seed: s.seed,
-    };
+    let cfg = s.evo_config();
     let total = s.generations;
     let guide = s.guided.then_some(kl_table.as_slice());
     let state = tersor_search::evopress_guided(
@@ -733,6 +770,25 @@ impl tersor_eval::CausalLm for MemoLm<'_> {
             .insert(key, l.clone());
         Ok(l)
     }
+}
+
+/// [`evaluate`] when the job has an evaluation text (`Event::Eval` first).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn evaluate_opt(
+    text: &Option<(PathBuf, usize)>,
+    name: &str,
+    eval: &Evaluator,
+    reference: &MemoLm<'_>,
+    tokenizer: &TextTokenizer,
+    a: &Assignment,
+    ctx: usize,
+    progress: &(dyn Fn(Event) + Sync),
+) -> Result<Option<EvalFigures>> {
+    let Some((text, chunks)) = text else {
+        return Ok(None);
+    };
+    progress(Event::Eval { name: name.into() });
+    evaluate(eval, reference, tokenizer, a, text, *chunks, ctx).map(Some)
 }
 
 fn evaluate(

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Non-uniform sparsity on the default LM: EvoPress over per-linear SparseGPT sparsities
+# (`tersor compress --target-sparsity`) vs uniform SparseGPT, at TARGETS (default
+# 0.5,0.6,0.7) of the block linears' weights. Writes bench/results/sparsity_table.md.
+#
+#   bench/sparsity_table.sh
+#
+# One `tersor compress --target-sparsity $TARGETS` run: the level database (every block
+# linear pruned by SparseGPT to 0, 10 %, ..., 90 % on the reference's activations) and the
+# per-linear KL table are shared by the targets; per target it scores uniform (every
+# linear at the target, from the same database), DP over the per-linear errors and
+# EvoPress (GENERATIONS, default 10, of 8 offspring; fitness: mean KL on CALIB_TOKENS,
+# default 8192, calibration tokens, stages of 1/4/8 windows of 512), all in f32 in memory.
+# The written EvoPress directories (f16) and the sequential uniform SparseGPT of
+# `tersor prune` (each block calibrated on the pruned blocks before it, f16) are then
+# scored the same way by `tersor eval --ref`: Botchan evaluation split, ctx 512, first
+# CHUNKS (default 8) windows, against the f32 reference.
+#
+# No peer is needed. THREADS (default 2). Finished runs are reused from
+# bench/out/sparsity_table (delete it to measure again).
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+out_dir="$root/bench/out/sparsity_table"
+result="$root/bench/results/sparsity_table.md"
+targets="${TARGETS:-0.5,0.6,0.7}"
+threads="${THREADS:-2}"
+calib_tokens="${CALIB_TOKENS:-8192}"
+chunks="${CHUNKS:-8}"
+generations="${GENERATIONS:-10}"
+mkdir -p "$out_dir" "$(dirname "$result")"
+
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
+tersor_setup
+
+ref_ppl="$(ref_perplexity "$chunks")"
+tag="t${targets//,/_}.g$generations.c$calib_tokens.e$chunks"
+j="$out_dir/$tag.json"
+if [[ ! -s "$j" ]]; then
+    echo "tersor compress --target-sparsity $targets..." >&2
+    start=$(date +%s)
+    rm -rf "$out_dir/models.$tag"
+    "$tersor" --threads "$threads" compress "$lm" --target-sparsity "$targets" --calib "$calib_text" \
+        --calib-tokens "$calib_tokens" --ctx 512 --generations "$generations" \
+        --eval "$eval_text" --eval-chunks "$chunks" -o "$out_dir/models.$tag" -q --report "$j.tmp" > /dev/null
+    python3 - "$j.tmp" "$(( $(date +%s) - start ))" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+r["wall_seconds"] = int(sys.argv[2])
+json.dump(r, open(sys.argv[1], "w"), indent=1)
+EOF
+    mv "$j.tmp" "$j"
+fi
+
+# The written EvoPress models and sequential uniform SparseGPT, scored from their files.
+for t in ${targets//,/ }; do
+    pct="$(python3 -c "print(round($t * 100))")"
+    evo_eval="$out_dir/$tag.evopress$pct.eval.json"
+    if [[ ! -s "$evo_eval" ]]; then
+        m="$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print([x["output"] for x in r["targets"] if round(x["target"]*100)==int(sys.argv[2])][0])' "$j" "$pct")"
+        eval_against_reference "$m" "$chunks" "$evo_eval.tmp" && mv "$evo_eval.tmp" "$evo_eval"
+    fi
+    seq="$out_dir/sparsegpt$pct.c$calib_tokens"
+    if [[ ! -s "$seq.eval$chunks.json" ]]; then
+        echo "tersor prune --sparsity $t --method sparsegpt..." >&2
+        "$tersor" --threads "$threads" prune "$lm" --sparsity "$t" --method sparsegpt --calib "$calib_text" \
+            --calib-tokens "$calib_tokens" -o "$seq" -q --json > "$seq.prune.json"
+        eval_against_reference "$seq" "$chunks" "$seq.eval$chunks.json.tmp"
+        mv "$seq.eval$chunks.json.tmp" "$seq.eval$chunks.json"
+        rm -rf "$seq"
+    fi
+done
+
+{
+    echo "# Non-uniform sparsity: EvoPress vs uniform SparseGPT"
+    echo
+    table_header bench/sparsity_table.sh
+    echo
+    echo "Default LM (SmolLM2-135M-Instruct; reference: its f32 dequantized weights, perplexity $ref_ppl). Pruned: the 210 block linears. Level database: every linear pruned by SparseGPT (blocks of 128 columns, 1 % damping) to each sparsity of 0, 10 %, ..., 90 %, on the reference model's activations ($calib_tokens Botchan calibration tokens, ctx 512). Budget: the kept weights of the target applied to every linear; sparsity below is counted on the weights. Fitness: mean KL on the calibration windows, stages of 1/4/8 windows; EvoPress: $generations generations of 8 offspring from the better of uniform and DP. Evaluation: Botchan evaluation split, ctx 512, first $chunks windows, against the f32 reference."
+    echo
+    echo "| target | allocation | scored | linear sparsity | calib KL | PPL | mean KLD | same top % |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|"
+    python3 - "$j" "$out_dir" "$tag" "$calib_tokens" "$chunks" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1])); out, tag, ct, ch = sys.argv[2:6]
+for t in r["targets"]:
+    pct = round(t["target"] * 100)
+    rows = []
+    for m in t["methods"]:
+        e = m["eval"]
+        rows.append((m["name"] + " (database)", "f32, in memory", m["sparsity"], f"{m['fitness']:.4f}",
+                     e["perplexity"], e["perplexity_uncertainty"], e["kld_mean"], e["same_top_percent"]))
+    evo = json.load(open(f"{out}/{tag}.evopress{pct}.eval.json"))["perplexity"]
+    rows.insert(1, ("evopress, written", "f16 file, `tersor eval`", t["methods"][0]["sparsity"], "",
+                    evo["perplexity"], evo["perplexity_uncertainty"], evo["kl"]["kld_mean"], evo["kl"]["same_top_percent"]))
+    q = json.load(open(f"{out}/sparsegpt{pct}.c{ct}.prune.json"))
+    s = json.load(open(f"{out}/sparsegpt{pct}.c{ct}.eval{ch}.json"))["perplexity"]
+    rows.append(("uniform SparseGPT, sequential (`tersor prune`)", "f16 file, `tersor eval`", q["linear_sparsity"], "",
+                 s["perplexity"], s["perplexity_uncertainty"], s["kl"]["kld_mean"], s["kl"]["same_top_percent"]))
+    for name, how, sp, fit, p, pu, kl, top in rows:
+        print(f"| {pct} % | {name} | {how} | {sp:.4f} | {fit} | {p:.2f} ± {pu:.2f} | {kl:.4f} | {top:.1f} |")
+EOF
+    echo
+    echo "EvoPress's per-block sparsity (mean over the block's seven linears, blocks 0..29):"
+    echo
+    python3 - "$j" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for t in r["targets"]:
+    print(f"- {round(t['target'] * 100)} %: " + " ".join(f"{x:.2f}" for x in t["evopress_block_sparsity"]))
+EOF
+    echo
+    python3 - "$j" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+parts = [f"level database {r['seconds_build']:.0f} s", f"per-linear KL table {r['seconds_table']:.0f} s"]
+for t in r["targets"]:
+    parts.append(f"{round(t['target'] * 100)} %: baselines {t['seconds_baselines']:.0f} s, search {t['seconds_search']:.0f} s, evaluation {t['seconds_eval']:.0f} s")
+print(f"Wall time, 2 cores: {'; '.join(parts)}; whole run {r['wall_seconds']} s.")
+EOF
+} > "$result.tmp"
+mv "$result.tmp" "$result"
+echo "wrote $result" >&2
