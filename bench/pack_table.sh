@@ -8,7 +8,7 @@
 # conversions (written to bench/out/pack/ by pack_peers.py; int64 position_ids left as is),
 # and the default LM's GGUF (SmolLM2-135M-Instruct Q4_1).
 # Ratio = compressed / original; speeds in MB/s (10^6 B/s) of uncompressed data, in memory,
-# best of ROUNDS (default 3) × RUNS (default 3) runs, compress → decompress (the medians are
+# best of ROUNDS (default 4) × RUNS (default 3) runs, compress → decompress (the medians are
 # in the JSON files under bench/out/pack).
 #
 # Peers (bench/pack_peers.py) run from a venv made on first use in bench/out/pack/venv
@@ -17,7 +17,7 @@
 #
 # Environment: TERSOR (default target/release/tersor, built if missing), MINILM_DIR and GGUF
 # (default: the paths `tersor fetch --json` gives), THREADS (default "1 2"), RUNS (default 3),
-# ROUNDS (default 3).
+# ROUNDS (default 4).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -27,7 +27,7 @@ venv="$out_dir/venv"
 result="$root/bench/results/pack_table.md"
 threads_list="${THREADS:-1 2}"
 runs="${RUNS:-3}"
-rounds="${ROUNDS:-3}"
+rounds="${ROUNDS:-4}"
 mkdir -p "$out_dir" "$(dirname "$result")"
 
 # shellcheck source=bench/lib.sh
@@ -64,27 +64,41 @@ load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 read -ra threads <<< "$threads_list"
 
-# ROUNDS rounds; in each, per file, tersor then ZipNN (zstd too in the first
-# round only: zstd -19 takes minutes), so that both see the same machine
-# state (the cores are shared; a whole tersor pass then a whole peer pass
-# would compare different moments). Each tool's speed is its best run over
-# all rounds. tersor.tsv lists threads, file and JSON output.
+# ROUNDS rounds; in each, per file, tersor's runs and ZipNN's back to back (zstd too in
+# the first round only: zstd -19 takes minutes), so that both see the same machine state
+# (the cores are shared; a whole tersor pass then a whole peer pass would compare
+# different moments). The order alternates: tersor first in odd rounds, ZipNN first in
+# even ones, so that neither always inherits what the other left behind (freed memory
+# the host must hand back, warm caches). Each tool's speed is its best run over all
+# rounds. tersor.tsv lists threads, file and JSON output.
 : > "$out_dir/tersor.tsv"
 peer_jsons=()
+run_tersor() {  # FILE ROUND
+    for t in "${threads[@]}"; do
+        j="$out_dir/tersor.$(basename "$1").t$t.r$2.json"
+        echo "round $2/$rounds: tersor pack $(basename "$1") --threads $t" >&2
+        "$tersor" pack "$1" --bench --runs "$runs" --threads "$t" --json > "$j"
+        printf '%s\t%s\t%s\n' "$t" "$1" "$j" >> "$out_dir/tersor.tsv"
+    done
+}
+run_peers() {  # FILE ROUND TOOLS
+    pj="$out_dir/peers.$(basename "$1").r$2.json"
+    echo "round $2/$rounds: $3 on $(basename "$1")" >&2
+    "$py" "$here/pack_peers.py" measure --threads "$(IFS=,; echo "${threads[*]}")" --runs "$runs" \
+        --tools "$3" "$1" > "$pj"
+    peer_jsons+=("$pj")
+}
 for round in $(seq 1 "$rounds"); do
     tools=zipnn
     [[ $round == 1 ]] && tools=zipnn,zstd
     for f in "${files[@]}"; do
-        for t in "${threads[@]}"; do
-            j="$out_dir/tersor.$(basename "$f").t$t.r$round.json"
-            echo "round $round/$rounds: tersor pack $(basename "$f") --threads $t" >&2
-            "$tersor" pack "$f" --bench --runs "$runs" --threads "$t" --json > "$j"
-            printf '%s\t%s\t%s\n' "$t" "$f" "$j" >> "$out_dir/tersor.tsv"
-        done
-        pj="$out_dir/peers.$(basename "$f").r$round.json"
-        "$py" "$here/pack_peers.py" measure --threads "$(IFS=,; echo "${threads[*]}")" --runs "$runs" \
-            --tools "$tools" "$f" > "$pj"
-        peer_jsons+=("$pj")
+        if (( round % 2 == 1 )); then
+            run_tersor "$f" "$round"
+            run_peers "$f" "$round" "$tools"
+        else
+            run_peers "$f" "$round" "$tools"
+            run_tersor "$f" "$round"
+        fi
     done
 done
 # One peers.json: the versions once, each file once, and per (tool, threads,
@@ -181,9 +195,9 @@ print("Files: all-MiniLM-L6-v2 `model.safetensors` (f32), its bf16 and f16 conve
       "nearest even; the int64 `position_ids` tensor left as is), and the default LM's GGUF. "
       "Ratio = compressed / original; speeds in MB/s (10^6 B/s) of uncompressed data, in memory, "
       f"best of {rounds} rounds × {runs} runs, compress → decompress. The cores are shared, so "
-      "speeds vary: in each round every file's tersor runs come right before its ZipNN runs, so "
-      "both see the same load, and the best run is the one least disturbed (zstd ran in the "
-      "first round only).")
+      "speeds vary: in each round every file's tersor and ZipNN runs come back to back (tersor "
+      "first in odd rounds, ZipNN first in even ones), so both see the same load, and the best "
+      "run is the one least disturbed (zstd ran in the first round only).")
 print()
 print("| tool | " + " | ".join(label(f) for f in files) + " |")
 print("|---|" + "---|" * len(files))
