@@ -111,6 +111,18 @@ pub(crate) fn energy(m: &[f32], rows: usize, cols: usize, h: Option<&Tensor>) ->
         .to_scalar::<f64>()?)
 }
 
+/// The calibration windows embedded, four windows per batch: the hidden states a
+/// block-by-block pass over the reference model starts from.
+pub(crate) fn embed_windows(model: &Llama, windows: &[Vec<u32>]) -> Result<Vec<Tensor>> {
+    windows
+        .chunks(4)
+        .map(|chunk| {
+            let refs: Vec<&[u32]> = chunk.iter().map(|w| w.as_slice()).collect();
+            Ok(model.embed_batch(&refs)?)
+        })
+        .collect()
+}
+
 /// Build (or resume, or reuse) the database of `units` in `dir`.
 #[allow(clippy::too_many_arguments)]
 pub fn build(
@@ -138,11 +150,7 @@ pub fn build(
     });
     let needs_stats = opts.method != Method::Rtn;
     let cal = Calibration::load(&opts.calib, tokenizer)?;
-    let mut hidden: Vec<Tensor> = Vec::new();
-    for chunk in cal.windows.chunks(4) {
-        let refs: Vec<&[u32]> = chunk.iter().map(|w| w.as_slice()).collect();
-        hidden.push(model.embed_batch(&refs)?);
-    }
+    let mut hidden = embed_windows(model, &cal.windows)?;
     let mut done_levels = 0usize;
     for l in 0..n_layers {
         let layer_units: Vec<&Unit> = units

@@ -194,11 +194,7 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     // Level database: SparseGPT on the reference's activations, block by block.
     let t0 = Instant::now();
     let cal = Calibration::load(&opts.calib, &tokenizer)?;
-    let mut hidden: Vec<Tensor> = Vec::new();
-    for chunk in cal.windows.chunks(4) {
-        let refs: Vec<&[u32]> = chunk.iter().map(|w| w.as_slice()).collect();
-        hidden.push(model.embed_batch(&refs)?);
-    }
+    let mut hidden = crate::build::embed_windows(&model, &cal.windows)?;
     let total_levels = units.len() * levels.len();
     progress(Event::BuildStart {
         units: units.len(),
@@ -212,20 +208,27 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
             *h = model.block_forward(l, h, Some(&mut col))?;
         }
         let stats = col.into_stats();
+        // One f32 copy of each site's XᵀX for the output errors (q, k, v share a site,
+        // as do gate and up).
+        let mut h_site: [Option<Tensor>; 4] = Default::default();
         for kind in LinearKind::ALL {
             let u = &units[weights.len()];
-            let xtx = &stats[Site::of(kind) as usize].xtx;
+            let site = Site::of(kind) as usize;
+            let xtx = &stats[site].xtx;
             let w = model
                 .linear_weight(l, kind)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
-            let h = Tensor::from_vec(
-                xtx.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-                (u.cols, u.cols),
-                &Device::Cpu,
-            )?;
+            if h_site[site].is_none() {
+                h_site[site] = Some(Tensor::from_vec(
+                    xtx.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                    (u.cols, u.cols),
+                    &Device::Cpu,
+                )?);
+            }
+            let h = h_site[site].as_ref().expect("set above");
             let w_energy =
-                crate::build::energy(&w, u.rows, u.cols, Some(&h))?.max(f64::MIN_POSITIVE);
+                crate::build::energy(&w, u.rows, u.cols, Some(h))?.max(f64::MIN_POSITIVE);
             let mut lv = Vec::with_capacity(levels.len());
             let mut errs = Vec::with_capacity(levels.len());
             for (i, &s) in levels.iter().enumerate() {
@@ -247,7 +250,7 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
                     .weights
                 };
                 let dw: Vec<f32> = w.iter().zip(&pruned).map(|(a, b)| a - b).collect();
-                errs.push(crate::build::energy(&dw, u.rows, u.cols, Some(&h))? / w_energy);
+                errs.push(crate::build::energy(&dw, u.rows, u.cols, Some(h))? / w_energy);
                 lv.push(Tensor::from_vec(pruned, (u.rows, u.cols), &Device::Cpu)?);
                 progress(Event::BuildLevel {
                     done: weights.len() * levels.len() + i + 1,
