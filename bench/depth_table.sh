@@ -10,7 +10,8 @@
 # default 8192, ctx 512; selection stages 1,4,8 windows), GENERATIONS (default 12)
 # generations of 8 offspring. Every method is then scored by tersor's evaluator on the
 # Botchan evaluation split, ctx 512, first CHUNKS windows (default 8): perplexity and mean
-# KL against the f32 reference, the protocol of the other bench tables.
+# KL against the f32 reference, the protocol of the other bench tables. EvoPress's model is
+# also written (`-o`, f16) and scored from disk with `tersor eval --ref`.
 #
 # No peer is needed. THREADS (default 2). Finished rows are reused from
 # bench/out/depth_table (delete it to measure again).
@@ -40,13 +41,20 @@ for n in $drops; do
         start=$(date +%s)
         "$tersor" --threads "$threads" depth "$lm" --drop-blocks "$n" --calib "$calib_text" \
             --calib-tokens "$calib_tokens" --ctx 512 --generations "$generations" \
-            --eval "$eval_text" --eval-chunks "$chunks" -q --report "$j.tmp" > /dev/null
-        python3 - "$j.tmp" "$(( $(date +%s) - start ))" <<'EOF'
+            --eval "$eval_text" --eval-chunks "$chunks" -q --report "$j.tmp" \
+            -o "$out_dir/drop$n.model" > /dev/null
+        wall=$(( $(date +%s) - start ))
+        # The written model (f16, dropped blocks left out), scored as a file.
+        eval_against_reference "$out_dir/drop$n.model" "$chunks" "$j.written.json"
+        python3 - "$j.tmp" "$wall" "$j.written.json" "$out_dir/drop$n.model/config.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 r["wall_seconds"] = int(sys.argv[2])
+r["written_eval"] = json.load(open(sys.argv[3]))
+r["written_layers"] = json.load(open(sys.argv[4]))["num_hidden_layers"]
 json.dump(r, open(sys.argv[1], "w"), indent=1)
 EOF
+        rm -rf "$out_dir/drop$n.model"
         mv "$j.tmp" "$j"
     fi
 done
@@ -69,6 +77,20 @@ for m in r["methods"]:
     e = m["eval"]
     print(f"| {r['drop_blocks']} of {r['n_blocks']} ({pct:.0f} %) | {m['name']} | {m['params_removed'] / 1e6:.2f} M "
           f"| {m['fitness']:.4f} | {e['perplexity']:.2f} | {e['kld_mean']:.4f} | {' '.join(m['dropped'])} |")
+EOF
+    done
+    echo
+    echo "EvoPress's model as written by \`tersor depth -o\` (Hugging Face directory, f16; blocks that lose both sublayers left out, a lone dropped sublayer stored with a zero output projection), loaded from disk and scored by \`tersor eval --ref\` on the same windows:"
+    echo
+    echo "| blocks removed | layers in the file | blocks left out | lone sublayers zeroed | bytes | PPL | mean KLD |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for n in $drops; do
+        python3 - "$out_dir/drop$n.g$generations.c$calib_tokens.e$chunks.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+o, e = r["output"], r["written_eval"]["perplexity"]
+print(f"| {r['drop_blocks']} of {r['n_blocks']} | {r['written_layers']} | {len(o['blocks_removed'])} | "
+      f"{len(o['sublayers_zeroed'])} | {o['bytes']} | {e['perplexity']:.2f} | {e['kl']['kld_mean']:.4f} |")
 EOF
     done
     echo

@@ -161,6 +161,7 @@ rows = {}
 for r in peers["results"]:
     rows.setdefault((r["tool"], r["threads"]), {})[r["path"]] = r
 tersor = {}
+vm = {}
 for line in open(sys.argv[2]):
     t, path, j = line.rstrip("\n").split("\t")
     r = json.load(open(j))
@@ -171,6 +172,10 @@ for line in open(sys.argv[2]):
     if r["original_bytes"] != os.path.getsize(path):
         sys.exit(f"{j}: original_bytes {r['original_bytes']} != size of {path}")
     tersor.setdefault(int(t), {}).setdefault(path, []).append(r)
+    # Kernel events during tersor's decode runs (pack --bench reads /proc/vmstat).
+    for k, d in r.get("decompress_vm_events", {}).items():
+        events = vm.setdefault(k, {})
+        events[path] = events.get(path, 0) + d
 # Best over the rounds, as for the peers.
 for by_path in tersor.values():
     for path, rs in by_path.items():
@@ -240,6 +245,16 @@ for t in threads:
     print(f"| (medians) decompress speed ÷ ZipNN's, {plural(t)} | "
           + " | ".join(f"{tersor[t][f['path']]['decompress_mb_s_median'] / z[f['path']]['decompress_mb_s_median']:.2f}×"
                        for f in files) + " |")
+if vm:
+    print()
+    print("Kernel events during tersor's decode runs, all rounds and thread counts (`/proc/vmstat` "
+          "deltas; tersor advises its output buffer for transparent huge pages, and with THP defrag "
+          "`madvise` a fault there may compact memory synchronously: `compact_stall`):")
+    print()
+    print("| event | " + " | ".join(label(f) for f in files) + " |")
+    print("|---|" + "---:|" * len(files))
+    for k in sorted(vm):
+        print(f"| {k} | " + " | ".join(str(vm[k].get(f["path"], "—")) for f in files) + " |")
 EOF
 mv "$result.tmp" "$result"
 echo "wrote $result" >&2

@@ -8,7 +8,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tersor_compress::sparsity::SparsityOptions;
-use tersor_compress::{Budget, CompressOptions, Event, Format, SearchOptions, UnitErrors};
+use tersor_compress::{
+    Budget, CompressOptions, DbInputs, Event, Format, SearchOptions, UnitErrors,
+};
 use tersor_levels::LevelKind;
 use tersor_quantize::prune::{FloatDtype, Pattern};
 use tersor_quantize::{CalibConfig, MethodSpec};
@@ -65,6 +67,13 @@ pub struct CompressArgs {
     /// How levels are built: gptq | imatrix | rtn.
     #[arg(long, default_value = "gptq", value_name = "METHOD")]
     method: String,
+
+    /// Activations each level is calibrated on: `reference` (every level on the
+    /// original model's, EvoPress's independent database) or `sequential` (each level
+    /// kind on the model whose earlier blocks are at that kind, as GPTQ quantizes).
+    /// Default: sequential for gptq, reference for gguf.
+    #[arg(long, value_name = "INPUTS")]
+    db_inputs: Option<DbInputs>,
 
     /// Level database directory (default: OUT.levels).
     #[arg(long, value_name = "DIR")]
@@ -230,6 +239,7 @@ fn run_sparsity(args: &CompressArgs, model: &std::path::Path) -> anyhow::Result<
     for (set, flag) in [
         (args.format.is_some(), "--format"),
         (args.db.is_some(), "--db"),
+        (args.db_inputs.is_some(), "--db-inputs"),
         (args.resume, "--resume"),
         (args.baselines_dir.is_some(), "--baselines-dir"),
         (args.emit_llama_quantize_args, "--emit-llama-quantize-args"),
@@ -440,6 +450,9 @@ pub fn run(args: Box<CompressArgs>) -> anyhow::Result<()> {
         )
     };
     let (calib, eval) = texts(args.calib.as_ref(), args.eval.as_ref(), args.eval_chunks)?;
+    let db_inputs = args
+        .db_inputs
+        .unwrap_or_else(|| DbInputs::default_for(format));
     let output = args
         .output
         .clone()
@@ -457,6 +470,7 @@ pub fn run(args: Box<CompressArgs>) -> anyhow::Result<()> {
         levels,
         method: method.base,
         gptq: Default::default(),
+        db_inputs,
         db: args.db.clone(),
         search: search_options(&args),
         resume: args.resume,

@@ -9,6 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tersor_compress::depth::{DepthOptions, DepthReport};
 use tersor_compress::{Event, SearchOptions};
+use tersor_quantize::prune::FloatDtype;
 use tersor_quantize::CalibConfig;
 
 #[derive(Debug, Args)]
@@ -49,6 +50,12 @@ pub struct DepthArgs {
     #[arg(long, default_value_t = 8, value_name = "N")]
     eval_chunks: usize,
 
+    /// Write EvoPress's model to this Hugging Face directory (f16): blocks that lose
+    /// both sublayers are left out; a lone dropped sublayer is stored with a zero
+    /// output projection.
+    #[arg(long, short = 'o', value_name = "DIR")]
+    output: Option<PathBuf>,
+
     /// Write the report as JSON to this file as well.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -79,6 +86,8 @@ pub fn run(args: DepthArgs) -> anyhow::Result<()> {
             ..SearchOptions::default()
         }),
         eval,
+        output: args.output.clone(),
+        dtype: FloatDtype::F16,
     };
     let bar =
         ProgressBar::with_draw_target(Some(args.generations as u64), ProgressDrawTarget::stderr());
@@ -141,6 +150,22 @@ fn print_summary(r: &DepthReport) {
             ppl,
             kl,
             m.dropped.join(" ")
+        );
+    }
+    if let Some(o) = &r.output {
+        println!(
+            "wrote {} ({} bytes): evopress with {} block(s) left out{}",
+            o.path.display(),
+            o.bytes,
+            o.blocks_removed.len(),
+            if o.sublayers_zeroed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {} lone sublayer(s) stored with a zero output projection",
+                    o.sublayers_zeroed.len()
+                )
+            }
         );
     }
 }

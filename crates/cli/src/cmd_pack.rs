@@ -283,6 +283,7 @@ fn bench(args: &PackArgs) -> anyhow::Result<()> {
         packed = tersor_pack::pack_bytes(name, &bytes, &opts).0;
         ct.push(t.elapsed().as_secs_f64());
     }
+    let before = vm_events();
     for _ in 0..args.runs.max(1) {
         // Opening checks the footer and index checksums: part of decoding.
         let t = Instant::now();
@@ -293,8 +294,18 @@ fn bench(args: &PackArgs) -> anyhow::Result<()> {
             bail!("{}: round trip differs", args.input.display());
         }
     }
+    // Kernel events during the decode runs (Linux): a slow run that comes with
+    // compaction stalls was waiting for huge pages, not decoding.
+    let vm: serde_json::Map<String, serde_json::Value> = vm_events()
+        .into_iter()
+        .map(|(k, v)| {
+            let d = v.saturating_sub(before.iter().find(|b| b.0 == k).map_or(0, |b| b.1));
+            (k.to_string(), d.into())
+        })
+        .collect();
     let mb = bytes.len() as f64 / 1e6;
     let v = serde_json::json!({
+        "decompress_vm_events": vm,
         "file": args.input,
         "original_bytes": bytes.len(),
         "packed_bytes": packed.len(),
@@ -314,6 +325,26 @@ fn bench(args: &PackArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(())
+}
+
+/// Counters of `/proc/vmstat` that tell page-fault work apart from decoding
+/// (empty where there is no such file).
+fn vm_events() -> Vec<(&'static str, u64)> {
+    const KEYS: [&str; 4] = [
+        "compact_stall",
+        "thp_fault_alloc",
+        "thp_fault_fallback",
+        "pgfault",
+    ];
+    let text = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
+    KEYS.iter()
+        .filter_map(|&k| {
+            let v = text
+                .lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.trim().parse().ok())?;
+            Some((k, v))
+        })
+        .collect()
 }
 
 pub fn run_unpack(args: UnpackArgs) -> anyhow::Result<()> {

@@ -362,6 +362,13 @@ fn compress_rejects_bad_budgets_and_options_before_any_work() {
     let o = tersor(&["compress", "--format", "onnx", "-o", s(&out)]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--format onnx"), "{}", stderr(&o));
+    let o = tersor(&["compress", "--db-inputs", "sideways", "-o", s(&out)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("reference or sequential"),
+        "{}",
+        stderr(&o)
+    );
     let o = tersor(&["compress", "--target-size", "lots", "-o", s(&out)]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--target-size lots"), "{}", stderr(&o));
@@ -383,6 +390,10 @@ fn compress_rejects_bad_budgets_and_options_before_any_work() {
         (
             &["--target-sparsity", "2:4"][..],
             "--target-sparsity 2:4: expected a fraction",
+        ),
+        (
+            &["--target-sparsity", "0.6", "--db-inputs", "sequential"][..],
+            "--db-inputs does not apply",
         ),
         (
             &["--target-sparsity", "0.6", "--levels", "Q4_0"][..],

@@ -14,12 +14,13 @@
 //!   ShortGPT-style per-unit importance), chosen by the knapsack DP;
 //! - `evopress`: the evolutionary search with multi-step selection.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use serde::Serialize;
-use tersor_model::{LinearKind, LoadedModel};
+use tersor_model::{LinearKind, Llama, LoadedModel};
+use tersor_quantize::prune::FloatDtype;
 use tersor_quantize::{CalibConfig, Calibration};
 use tersor_search::{Assignment, Fitness, GenerationRecord, Problem};
 
@@ -37,6 +38,22 @@ pub struct DepthOptions {
     pub search: SearchOptions,
     /// Score every allocation on this text (ctx = calibration ctx), first N windows.
     pub eval: Option<(PathBuf, usize)>,
+    /// Write EvoPress's model here (a Hugging Face directory, see [`write_model`]).
+    pub output: Option<PathBuf>,
+    /// Float type of the written tensors.
+    pub dtype: FloatDtype,
+}
+
+/// What [`write_model`] wrote.
+#[derive(Clone, Debug, Serialize)]
+pub struct DepthOutput {
+    pub path: PathBuf,
+    /// Blocks left out whole (both sublayers dropped), in the input's numbering.
+    pub blocks_removed: Vec<usize>,
+    /// Sublayers dropped inside kept blocks: stored with a zero output projection.
+    pub sublayers_zeroed: Vec<String>,
+    /// Bytes of the written directory.
+    pub bytes: u64,
 }
 
 /// One allocation's result.
@@ -68,6 +85,74 @@ pub struct DepthReport {
     pub curve: Vec<GenerationRecord>,
     pub methods: Vec<DepthMethod>,
     pub seconds_search: f64,
+    /// EvoPress's model, when `output` was given.
+    pub output: Option<DepthOutput>,
+}
+
+/// Writes `model` without the sublayers `dropped` (`blk.L.attn` / `blk.L.mlp`) to the
+/// Hugging Face directory `output` (atomically): a block that loses both sublayers is
+/// left out, so the checkpoint has fewer layers and is smaller; a lone dropped
+/// sublayer keeps its tensors with its output projection (`o_proj` / `down_proj`)
+/// zeroed, which computes exactly the skipped sublayer (Llama checkpoints cannot
+/// omit one), so it saves no bytes.
+pub fn write_model(
+    input: &Path,
+    model: &Llama,
+    dropped: &[String],
+    output: &Path,
+    dtype: FloatDtype,
+) -> Result<DepthOutput> {
+    let n = model.n_layers();
+    let mut gone = vec![[false; 2]; n];
+    for name in dropped {
+        let parsed = name.strip_prefix("blk.").and_then(|r| {
+            let (l, tag) = r.split_once('.')?;
+            let l: usize = l.parse().ok()?;
+            let s = match tag {
+                "attn" => 0,
+                "mlp" => 1,
+                _ => return None,
+            };
+            (l < n).then_some((l, s))
+        });
+        let (l, s) = parsed.ok_or_else(|| {
+            CompressError::Invariant(format!("{name}: not a sublayer of this {n}-block model"))
+        })?;
+        gone[l][s] = true;
+    }
+    let mut m = model.clone();
+    let mut blocks_removed = Vec::new();
+    let mut sublayers_zeroed = Vec::new();
+    for (l, g) in gone.iter().enumerate() {
+        if g[0] && g[1] {
+            blocks_removed.push(l);
+            continue;
+        }
+        for (s, proj, tag) in [(0, LinearKind::O, "attn"), (1, LinearKind::Down, "mlp")] {
+            if g[s] {
+                let w = m.linear_weight(l, proj)?;
+                let z = Tensor::zeros(w.dims(), DType::F32, w.device())?;
+                m.set_linear_weight(l, proj, z)?;
+                sublayers_zeroed.push(format!("blk.{l}.{tag}"));
+            }
+        }
+    }
+    m.remove_blocks(&blocks_removed)?;
+    tersor_quantize::write_dense_dir(input, output, &m, dtype)?;
+    let mut bytes = 0;
+    for e in std::fs::read_dir(output).map_err(|e| CompressError::io(output, e))? {
+        let e = e.map_err(|e| CompressError::io(output, e))?;
+        bytes += e
+            .metadata()
+            .map_err(|x| CompressError::io(&e.path(), x))?
+            .len();
+    }
+    Ok(DepthOutput {
+        path: output.to_path_buf(),
+        blocks_removed,
+        sublayers_zeroed,
+        bytes,
+    })
 }
 
 /// Level 0 of every unit is "dropped", level 1 "kept".
@@ -241,7 +326,21 @@ pub fn run(opts: &DepthOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<Dep
             eval: eval_figures,
         });
     }
+    let output = match &opts.output {
+        Some(out) => {
+            progress(Event::Note(format!("writing {}", out.display())));
+            Some(write_model(
+                &opts.input,
+                &model,
+                &methods[0].dropped,
+                out,
+                opts.dtype,
+            )?)
+        }
+        None => None,
+    };
     Ok(DepthReport {
+        output,
         input: opts.input.clone(),
         n_blocks: n,
         drop_blocks: opts.drop_blocks,

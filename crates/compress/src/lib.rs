@@ -77,6 +77,44 @@ impl CompressError {
 
 pub type Result<T, E = CompressError> = std::result::Result<T, E>;
 
+/// Which activations calibrate a level of the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DbInputs {
+    /// Every level on the reference model's activations (EvoPress's database: each
+    /// layer compressed independently).
+    Reference,
+    /// Each level kind on the activations of the model whose earlier blocks are all at
+    /// that kind (GPTQ's sequential mode, one calibration stream per kind): the
+    /// database's uniform assignment is then exactly sequential uniform GPTQ.
+    Sequential,
+}
+
+impl DbInputs {
+    /// The default for a format: sequential for GPTQ checkpoints, where at 2–3 bits the
+    /// reference-input levels lose to sequential GPTQ by a factor of three in KL
+    /// (bench/results/compress_gptq.md); reference for GGUF, whose levels are 4+ bits.
+    pub fn default_for(format: Format) -> Self {
+        match format {
+            Format::Gguf => DbInputs::Reference,
+            Format::Gptq => DbInputs::Sequential,
+        }
+    }
+}
+
+impl std::str::FromStr for DbInputs {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "reference" => Ok(DbInputs::Reference),
+            "sequential" => Ok(DbInputs::Sequential),
+            _ => Err(format!(
+                "unknown database inputs {s:?} (reference or sequential)"
+            )),
+        }
+    }
+}
+
 /// Output family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -230,6 +268,8 @@ pub struct CompressOptions {
     pub levels: Option<Vec<LevelKind>>,
     pub method: Method,
     pub gptq: GptqConfig,
+    /// Which activations calibrate each level (`--db-inputs`).
+    pub db_inputs: DbInputs,
     /// Level database directory (default: `OUTPUT.levels` beside the output).
     pub db: Option<PathBuf>,
     pub search: SearchOptions,

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use candle_core::{Device, Tensor};
-use tersor_compress::{Budget, CompressOptions, Event, Format, Report, SearchOptions};
+use tersor_compress::{Budget, CompressOptions, DbInputs, Event, Format, Report, SearchOptions};
 use tersor_levels::LevelDb;
 use tersor_model::{LinearKind, LoadedModel, TensorNaming};
 use tersor_quantize::{CalibConfig, Method};
@@ -30,6 +30,7 @@ fn options(dir: &Path, input: &Path, format: Format, budget: Budget) -> Compress
         levels: None,
         method: Method::Gptq,
         gptq: Default::default(),
+        db_inputs: DbInputs::default_for(format),
         db: None,
         search: SearchOptions {
             generations: 6,
@@ -318,4 +319,85 @@ fn cached_fitness_equals_a_full_forward_pass() {
         // The rotation changes what the early stages score.
         assert!(seen.iter().filter(|(s, _)| *s == 0).count() >= 3);
     }
+}
+
+/// The sequential database (`DbInputs::Sequential`) calibrates each level kind on the
+/// model whose earlier blocks are at that kind, so its uniform assignment is sequential
+/// uniform GPTQ: the same weights as `tersor quantize` at that spec, exactly. A build
+/// interrupted part-way (the manifest cut back to its first tensors) resumes to the
+/// same database, file for file.
+#[test]
+fn sequential_database_is_sequential_gptq_and_resumes_exactly() {
+    let dir = TempDir::new("compress-seq");
+    let input = dir.path().join("tiny.gguf");
+    TinyLlama::default().write_gguf(&input);
+    let kinds: Vec<tersor_levels::LevelKind> = ["gptq:3:g64", "gptq:8:g64"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let m = llama(&input);
+    let three_bit: u64 = (0..m.n_layers())
+        .flat_map(|l| LinearKind::ALL.iter().map(move |&k| (l, k)))
+        .map(|(l, k)| {
+            let (r, c) = m.linear_weight(l, k).unwrap().dims2().unwrap();
+            kinds[0].bytes(r, c).unwrap()
+        })
+        .sum();
+    // Only the all-3-bit assignment fits.
+    let mut opts = options(dir.path(), &input, Format::Gptq, Budget::Bytes(three_bit));
+    assert_eq!(opts.db_inputs, DbInputs::Sequential);
+    opts.levels = Some(kinds.clone());
+    opts.baselines_dir = None;
+    opts.eval = None;
+    opts.search.generations = 1;
+    let (r, _) = run(&opts);
+    assert!(r.methods[0].levels.iter().all(|l| l == "gptq:3:g64"));
+
+    let seq_dir = dir.path().join("sequential-gptq");
+    let q = tersor_quantize::QuantizeOptions::new(
+        input.clone(),
+        seq_dir.clone(),
+        "gptq:3:g64".parse().unwrap(),
+        "gptq".parse().unwrap(),
+        opts.calib.clone(),
+    );
+    tersor_quantize::run(&q, &|_| {}).unwrap();
+    let (a, b) = (llama(&opts.output), llama(&seq_dir));
+    for l in 0..a.n_layers() {
+        for k in LinearKind::ALL {
+            let d = max_abs_diff(
+                a.linear_weight(l, k).unwrap(),
+                b.linear_weight(l, k).unwrap(),
+            );
+            assert_eq!(
+                d, 0.0,
+                "block {l} {k:?}: the database's level differs by {d}"
+            );
+        }
+    }
+    // Calibrated on their own streams, not the reference: the 3-bit levels of a later
+    // block differ from the reference database's.
+    let mut ref_opts = opts.clone();
+    ref_opts.db_inputs = DbInputs::Reference;
+    ref_opts.output = dir.path().join("ref-out");
+    let (rr, _) = run(&ref_opts);
+    let (sdb, rdb) = (
+        LevelDb::open(&r.db).unwrap(),
+        LevelDb::open(&rr.db).unwrap(),
+    );
+    let last = TensorNaming::Gguf.linear(m.n_layers() - 1, LinearKind::Down, "weight");
+    let (ts, tr) = (sdb.find(&last).unwrap(), rdb.find(&last).unwrap());
+    assert_ne!(sdb.values(ts, 0).unwrap(), rdb.values(tr, 0).unwrap());
+
+    // Resume: keep the first 10 tensors (block 0 and part of block 1) and rebuild.
+    let manifest_path = r.db.join("manifest.json");
+    let full: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    let mut cut = full.clone();
+    cut["tensors"].as_array_mut().unwrap().truncate(10);
+    std::fs::write(&manifest_path, cut.to_string()).unwrap();
+    run(&opts);
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    assert_eq!(again["tensors"], full["tensors"]);
 }

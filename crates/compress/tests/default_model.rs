@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
-use tersor_compress::{Budget, CompressOptions, Format, SearchOptions};
+use tersor_compress::{Budget, CompressOptions, DbInputs, Format, SearchOptions};
 use tersor_gguf::GgufFile;
 use tersor_levels::LevelDb;
 use tersor_quantize::{CalibConfig, Method};
@@ -37,6 +37,7 @@ fn default_lm_budget_and_gguf_py_decoding() {
         levels: Some(vec!["Q4_0".parse().unwrap(), "Q8_0".parse().unwrap()]),
         method: Method::Rtn,
         gptq: Default::default(),
+        db_inputs: DbInputs::Reference,
         db: None,
         search: SearchOptions {
             generations: 2,

@@ -6,6 +6,7 @@ use candle_core::{DType, Tensor};
 use tersor_compress::depth::{self, DepthOptions};
 use tersor_compress::SearchOptions;
 use tersor_model::{LinearKind, LoadedModel};
+use tersor_quantize::prune::FloatDtype;
 use tersor_quantize::CalibConfig;
 use tersor_testkit::{calib_text, TempDir, TinyLlama};
 
@@ -89,8 +90,23 @@ fn every_method_meets_the_budget_and_evopress_beats_its_start() {
             ..SearchOptions::default()
         },
         eval: Some((calib, 2)),
+        output: Some(dir.path().join("evopress")),
+        dtype: FloatDtype::F16,
     };
     let r = depth::run(&opts, &|_| {}).unwrap();
+    // The written model is EvoPress's choice.
+    let out = r.output.as_ref().unwrap();
+    let mut written: Vec<String> = out
+        .blocks_removed
+        .iter()
+        .flat_map(|l| [format!("blk.{l}.attn"), format!("blk.{l}.mlp")])
+        .chain(out.sublayers_zeroed.iter().cloned())
+        .collect();
+    let mut chosen = r.methods[0].dropped.clone();
+    written.sort();
+    chosen.sort();
+    assert_eq!(written, chosen);
+    assert!(out.bytes > 0);
     // hidden 64, ffn 128, 4 heads of 16, 2 KV heads: q, o 64×64; k, v 32×64; three
     // 128×64 MLP matrices.
     let block = 2 * 64 * 64 + 2 * 32 * 64 + 3 * 128 * 64;
@@ -133,4 +149,71 @@ fn every_method_meets_the_budget_and_evopress_beats_its_start() {
         .to_string();
         assert!(e.contains("--drop-blocks"), "{e}");
     }
+}
+
+/// The written depth-pruned model computes what the search scored: blocks that lose
+/// both sublayers are left out (the checkpoint has fewer layers), a lone dropped
+/// sublayer is a zero output projection.
+#[test]
+fn written_model_leaves_out_dropped_blocks_and_computes_the_pruned_model() {
+    let dir = TempDir::new("depth-write");
+    let path = dir.path().join("m.gguf");
+    tiny().write_gguf(&path);
+    let LoadedModel::Decoder { model, .. } = tersor_model::load(&path).unwrap() else {
+        panic!("not a decoder")
+    };
+    let out = dir.path().join("pruned");
+    let dropped: Vec<String> = ["blk.1.attn", "blk.1.mlp", "blk.3.mlp", "blk.4.attn"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let w = depth::write_model(&path, &model, &dropped, &out, FloatDtype::F32).unwrap();
+    assert_eq!(w.blocks_removed, [1]);
+    assert_eq!(w.sublayers_zeroed, ["blk.3.mlp", "blk.4.attn"]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["num_hidden_layers"], 5);
+
+    let LoadedModel::Decoder { model: got, .. } = tersor_model::load(&out).unwrap() else {
+        panic!("not a decoder")
+    };
+    assert_eq!(got.n_layers(), 5);
+    // The same computation on the input model: block 1 skipped, the other two
+    // sublayers' output projections zeroed.
+    let mut want = model.clone();
+    for (l, k) in [
+        (1, LinearKind::O),
+        (1, LinearKind::Down),
+        (3, LinearKind::Down),
+        (4, LinearKind::O),
+    ] {
+        let w = model.linear_weight(l, k).unwrap();
+        want.set_linear_weight(
+            l,
+            k,
+            Tensor::zeros(w.dims(), DType::F32, w.device()).unwrap(),
+        )
+        .unwrap();
+    }
+    let tokens: Vec<u32> = b"fewer blocks, same function"
+        .iter()
+        .map(|&b| b as u32)
+        .collect();
+    let diff = (got.forward_batch(&[&tokens]).unwrap() - want.forward_batch(&[&tokens]).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-4, "max |Δlogit| {diff}");
+
+    // A name that is not a sublayer of this model is an error, and writes nothing.
+    let bad = dir.path().join("bad");
+    let e = depth::write_model(&path, &model, &["blk.9.attn".into()], &bad, FloatDtype::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("blk.9.attn"), "{e}");
+    assert!(!bad.exists());
 }

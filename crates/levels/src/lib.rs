@@ -158,6 +158,34 @@ impl DbBuilder {
         self.manifest.tensors.iter().any(|t| t.name == name)
     }
 
+    /// The weights of `name` at `kind` when that level is stored (a database being
+    /// resumed), `None` when it is not (the tensor is not built yet, or the kind was
+    /// dropped for a more accurate level of the same cost).
+    pub fn values(&self, name: &str, kind: &LevelKind) -> Result<Option<Vec<f32>>> {
+        let Some(t) = self.manifest.tensors.iter().find(|t| t.name == name) else {
+            return Ok(None);
+        };
+        let Some(lv) = t.levels.iter().find(|l| &l.kind == kind) else {
+            return Ok(None);
+        };
+        let path = self.dir.join(&t.file);
+        let data = std::fs::read(&path).map_err(io(&path))?;
+        let corrupt = |msg: String| LevelsError::Corrupt {
+            path: path.clone(),
+            msg: format!("{name} {kind}: {msg}"),
+        };
+        let bytes = usize::try_from(lv.offset)
+            .ok()
+            .zip(usize::try_from(lv.len).ok())
+            .and_then(|(o, n)| data.get(o..o.checked_add(n)?))
+            .ok_or_else(|| corrupt("payload outside the data file".into()))?;
+        let p = payload::from_bytes(kind, t.rows, t.cols, bytes).map_err(corrupt)?;
+        Ok(Some(
+            p.dequantize(t.rows, t.cols)
+                .map_err(|e| corrupt(e.to_string()))?,
+        ))
+    }
+
     /// Store `name`'s levels (sorted here by cost) and record them in the manifest.
     pub fn add(
         &mut self,

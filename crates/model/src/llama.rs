@@ -508,6 +508,33 @@ impl Llama {
         self.blocks.len()
     }
 
+    /// Remove the blocks `drop` (indices in the current numbering); later blocks move
+    /// up. At least one block must stay.
+    pub fn remove_blocks(&mut self, drop: &[usize]) -> Result<()> {
+        let n = self.blocks.len();
+        if let Some(&l) = drop.iter().find(|&&l| l >= n) {
+            return Err(Error::Invalid(format!(
+                "remove_blocks: block {l} out of range ({n} blocks)"
+            )));
+        }
+        let mut keep = vec![true; n];
+        for &l in drop {
+            keep[l] = false;
+        }
+        if !keep.contains(&true) {
+            return Err(Error::Invalid(format!(
+                "remove_blocks: all {n} blocks would go"
+            )));
+        }
+        let mut i = 0;
+        self.blocks.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+        self.config.n_layers = self.blocks.len();
+        Ok(())
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.config.vocab_size
     }

@@ -306,6 +306,8 @@ pub(crate) fn hf_config_and_tokenizer(
         if let Some(o) = v.as_object_mut() {
             o.remove("quantization_config");
             o.insert("torch_dtype".into(), "float16".into());
+            // Depth pruning removes whole blocks.
+            o.insert("num_hidden_layers".into(), c.n_layers.into());
         }
         v
     };
