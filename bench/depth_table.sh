@@ -14,7 +14,7 @@
 # also written (`-o`, f16) and scored from disk with `tersor eval --ref`.
 #
 # No peer is needed. THREADS (default 2). Finished rows are reused from
-# bench/out/depth_table (delete it to measure again).
+# bench/out/depth_table (delete it to measure again; rows without a written model are not reused).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -35,7 +35,7 @@ tersor_setup
 ref_ppl="$(ref_perplexity "$chunks")"
 
 for n in $drops; do
-    j="$out_dir/drop$n.g$generations.c$calib_tokens.e$chunks.json"
+    j="$out_dir/drop$n.g$generations.c$calib_tokens.e$chunks.w.json"
     if [[ ! -s "$j" ]]; then
         echo "tersor depth --drop-blocks $n..." >&2
         start=$(date +%s)
@@ -69,7 +69,7 @@ done
     echo "| blocks removed | method | params removed | calib KL | PPL | mean KLD | dropped sublayers |"
     echo "|---|---|---:|---:|---:|---:|---|"
     for n in $drops; do
-        python3 - "$out_dir/drop$n.g$generations.c$calib_tokens.e$chunks.json" <<'EOF'
+        python3 - "$out_dir/drop$n.g$generations.c$calib_tokens.e$chunks.w.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 pct = 100 * r["drop_blocks"] / r["n_blocks"]
@@ -85,7 +85,7 @@ EOF
     echo "| blocks removed | layers in the file | blocks left out | lone sublayers zeroed | bytes | PPL | mean KLD |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
     for n in $drops; do
-        python3 - "$out_dir/drop$n.g$generations.c$calib_tokens.e$chunks.json" <<'EOF'
+        python3 - "$out_dir/drop$n.g$generations.c$calib_tokens.e$chunks.w.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 o, e = r["output"], r["written_eval"]["perplexity"]
@@ -96,7 +96,7 @@ EOF
     echo
     printf 'Wall time, 2 cores:'
     for n in $drops; do
-        python3 - "$out_dir/drop$n.g$generations.c$calib_tokens.e$chunks.json" <<'EOF'
+        python3 - "$out_dir/drop$n.g$generations.c$calib_tokens.e$chunks.w.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f" {r['drop_blocks']} blocks: search {r['seconds_search']:.0f} s, whole run {r['wall_seconds']} s;", end="")
