@@ -16,6 +16,11 @@
 # scored the same way by `tersor eval --ref`: Botchan evaluation split, ctx 512, first
 # CHUNKS (default 8) windows, against the f32 reference.
 #
+# A second run searches a mixed ladder (MIXED_LEVELS, default the sparsities above plus
+# `drop`, the linear removed, and activation-aware SVD factors holding 30 / 50 / 70 % of
+# a linear's parameters) under the same parameter budgets; its baselines are uniform
+# SparseGPT, uniform ASVD (where the ratios bracket the target) and DP.
+#
 # No peer is needed. THREADS (default 2). Finished runs are reused from
 # bench/out/sparsity_table (delete it to measure again).
 set -euo pipefail
@@ -29,6 +34,7 @@ threads="${THREADS:-2}"
 calib_tokens="${CALIB_TOKENS:-8192}"
 chunks="${CHUNKS:-8}"
 generations="${GENERATIONS:-10}"
+mixed_levels="${MIXED_LEVELS:-0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,drop,lowrank:0.3,lowrank:0.5,lowrank:0.7}"
 mkdir -p "$out_dir" "$(dirname "$result")"
 
 # shellcheck source=bench/lib.sh
@@ -37,31 +43,46 @@ tersor_setup
 
 ref_ppl="$(ref_perplexity "$chunks")"
 tag="t${targets//,/_}.g$generations.c$calib_tokens.e$chunks"
-j="$out_dir/$tag.json"
-if [[ ! -s "$j" ]]; then
-    echo "tersor compress --target-sparsity $targets..." >&2
-    start=$(date +%s)
-    rm -rf "$out_dir/models.$tag"
-    "$tersor" --threads "$threads" compress "$lm" --target-sparsity "$targets" --calib "$calib_text" \
-        --calib-tokens "$calib_tokens" --ctx 512 --generations "$generations" \
-        --eval "$eval_text" --eval-chunks "$chunks" -o "$out_dir/models.$tag" -q --report "$j.tmp" > /dev/null
-    python3 - "$j.tmp" "$(( $(date +%s) - start ))" <<'EOF'
+mixed_tag="$tag.mixed$(echo "$mixed_levels" | cksum | cut -d' ' -f1)"
+
+# One compress run per ladder (the default sparsities; the mixed ladder), and its
+# written EvoPress models scored from their files.
+run_ladder() {
+    local tag="$1"; shift
+    local j="$out_dir/$tag.json"
+    if [[ ! -s "$j" ]]; then
+        echo "tersor compress --target-sparsity $targets $*..." >&2
+        local start
+        start=$(date +%s)
+        rm -rf "$out_dir/models.$tag"
+        "$tersor" --threads "$threads" compress "$lm" --target-sparsity "$targets" --calib "$calib_text" \
+            --calib-tokens "$calib_tokens" --ctx 512 --generations "$generations" "$@" \
+            --eval "$eval_text" --eval-chunks "$chunks" -o "$out_dir/models.$tag" -q --report "$j.tmp" > /dev/null
+        python3 - "$j.tmp" "$(( $(date +%s) - start ))" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 r["wall_seconds"] = int(sys.argv[2])
 json.dump(r, open(sys.argv[1], "w"), indent=1)
 EOF
-    mv "$j.tmp" "$j"
-fi
+        mv "$j.tmp" "$j"
+    fi
+    for t in ${targets//,/ }; do
+        local pct evo_eval m
+        pct="$(python3 -c "print(round($t * 100))")"
+        evo_eval="$out_dir/$tag.evopress$pct.eval.json"
+        if [[ ! -s "$evo_eval" ]]; then
+            m="$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print([x["output"] for x in r["targets"] if round(x["target"]*100)==int(sys.argv[2])][0])' "$j" "$pct")"
+            eval_against_reference "$m" "$chunks" "$evo_eval.tmp" && mv "$evo_eval.tmp" "$evo_eval"
+        fi
+    done
+}
+run_ladder "$tag"
+run_ladder "$mixed_tag" --levels "$mixed_levels"
+j="$out_dir/$tag.json"
 
-# The written EvoPress models and sequential uniform SparseGPT, scored from their files.
+# Sequential uniform SparseGPT (`tersor prune`), scored from its files.
 for t in ${targets//,/ }; do
     pct="$(python3 -c "print(round($t * 100))")"
-    evo_eval="$out_dir/$tag.evopress$pct.eval.json"
-    if [[ ! -s "$evo_eval" ]]; then
-        m="$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print([x["output"] for x in r["targets"] if round(x["target"]*100)==int(sys.argv[2])][0])' "$j" "$pct")"
-        eval_against_reference "$m" "$chunks" "$evo_eval.tmp" && mv "$evo_eval.tmp" "$evo_eval"
-    fi
     seq="$out_dir/sparsegpt$pct.c$calib_tokens"
     if [[ ! -s "$seq.eval$chunks.json" ]]; then
         echo "tersor prune --sparsity $t --method sparsegpt..." >&2
@@ -101,6 +122,37 @@ for t in r["targets"]:
                  s["perplexity"], s["perplexity_uncertainty"], s["kl"]["kld_mean"], s["kl"]["same_top_percent"]))
     for name, how, sp, fit, p, pu, kl, top in rows:
         print(f"| {pct} % | {name} | {how} | {sp:.4f} | {fit} | {p:.2f} ± {pu:.2f} | {kl:.4f} | {top:.1f} |")
+EOF
+    echo
+    echo "## Mixed levels: sparsity, dropped linears and low rank under one parameter budget"
+    echo
+    echo "Ladder \`$mixed_levels\` for every linear (\`drop\`: the linear removed, which for o_proj / down_proj skips the sublayer; \`lowrank:R\`: activation-aware SVD, whitening by the Cholesky factor of XᵀX + 1 % damping, at the largest rank whose two factors hold at most R of the linear's parameters, costed as the factors). Budget: the same parameter counts as above; linear sparsity = parameters removed (zeros counted on the weights, factored linears by their factors' shapes). The written EvoPress directory stores factored linears as their two factors (f16) and runs them as two matmuls."
+    echo
+    echo "| target | allocation | scored | params removed | factored linears | dropped linears | calib KL | PPL | mean KLD | same top % |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    python3 - "$out_dir/$mixed_tag.json" "$out_dir" "$mixed_tag" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1])); out, tag = sys.argv[2:4]
+for t in r["targets"]:
+    pct = round(t["target"] * 100)
+    for i, m in enumerate(t["methods"]):
+        e = m["eval"]
+        drops = sum(1 for l in m["levels"] if l == "drop")
+        print(f"| {pct} % | {m['name']} (database) | f32, in memory | {m['sparsity']:.4f} | {m['factored']} | {drops} | {m['fitness']:.4f} "
+              f"| {e['perplexity']:.2f} ± {e['perplexity_uncertainty']:.2f} | {e['kld_mean']:.4f} | {e['same_top_percent']:.1f} |")
+        if i == 0:
+            w = json.load(open(f"{out}/{tag}.evopress{pct}.eval.json"))["perplexity"]
+            print(f"| {pct} % | evopress, written | f16 file, `tersor eval` | {m['sparsity']:.4f} | {m['factored']} | {drops} |  "
+                  f"| {w['perplexity']:.2f} ± {w['perplexity_uncertainty']:.2f} | {w['kl']['kld_mean']:.4f} | {w['kl']['same_top_percent']:.1f} |")
+EOF
+    echo
+    python3 - "$out_dir/$mixed_tag.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+parts = [f"level database {r['seconds_build']:.0f} s", f"per-linear KL table {r['seconds_table']:.0f} s"]
+for t in r["targets"]:
+    parts.append(f"{round(t['target'] * 100)} %: search {t['seconds_search']:.0f} s")
+print(f"Mixed run wall time, 2 cores: {'; '.join(parts)}; whole run {r['wall_seconds']} s.")
 EOF
     echo
     echo "EvoPress's per-block sparsity (mean over the block's seven linears, blocks 0..29):"

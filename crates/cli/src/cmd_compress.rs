@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tersor_compress::sparsity::SparsityOptions;
+use tersor_compress::sparsity::{ParamLevel, SparsityOptions};
 use tersor_compress::{
     Budget, CompressOptions, DbInputs, Event, Format, SearchOptions, UnitErrors,
 };
@@ -34,10 +34,13 @@ pub struct CompressArgs {
     #[arg(long, value_name = "S")]
     target_size: Option<String>,
 
-    /// Budget as a global sparsity of the block linears (0.6 or 60%): EvoPress chooses
-    /// each linear's sparsity among --levels (SparseGPT at 0, 10 %, …, 90 % by default)
-    /// and the result is a dense Hugging Face directory with the zeros stored. Several
-    /// targets (0.5,0.6,0.7) share one level database; -o is then a parent directory.
+    /// Budget as a global sparsity of the block linears (0.6 or 60%: the share of their
+    /// parameters removed): EvoPress chooses each linear's level among --levels (SparseGPT
+    /// at 0, 10 %, …, 90 % by default; also `lowrank:R`, activation-aware SVD factors
+    /// holding R of the parameters, and `drop`, the linear removed) and the result is a
+    /// Hugging Face directory (zeros stored, factored linears as their two factors).
+    /// Several targets (0.5,0.6,0.7) share one level database; -o is then a parent
+    /// directory.
     #[arg(
         long,
         value_name = "S",
@@ -60,7 +63,7 @@ pub struct CompressArgs {
 
     /// Level kinds, comma-separated (default: Q4_0,IQ4_NL,Q5_0,Q8_0 on 32-block rows and
     /// Q2_K..Q6_K,Q8_0 on 256-multiple rows; gptq: gptq:{2,3,4,8}:g{32,64,128};
-    /// with --target-sparsity: sparsities, 0,0.1,...,0.9).
+    /// with --target-sparsity: sparsities 0,0.1,...,0.9, and lowrank:R or drop levels).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     levels: Vec<String>,
 
@@ -248,14 +251,17 @@ fn run_sparsity(args: &CompressArgs, model: &std::path::Path) -> anyhow::Result<
             bail!("{flag} does not apply to --target-sparsity (its output is a Hugging Face directory)");
         }
     }
-    let levels = if args.levels.is_empty() {
-        tersor_compress::sparsity::DEFAULT_LEVELS.to_vec()
+    let levels: Vec<ParamLevel> = if args.levels.is_empty() {
+        tersor_compress::sparsity::DEFAULT_LEVELS
+            .iter()
+            .map(|&s| ParamLevel::Sparse(s))
+            .collect()
     } else {
         args.levels
             .iter()
-            .map(|s| match s.trim().parse::<Pattern>() {
-                Ok(Pattern::Unstructured(x)) => Ok(x),
-                _ => bail!("--levels {s}: with --target-sparsity the levels are sparsities like 0.5 or 50%"),
+            .map(|s| {
+                s.parse::<ParamLevel>()
+                    .map_err(|e| anyhow::anyhow!("--levels {s} (with --target-sparsity): {e}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?
     };
@@ -302,10 +308,15 @@ fn run_sparsity(args: &CompressArgs, model: &std::path::Path) -> anyhow::Result<
         return Ok(());
     }
     println!(
-        "{}: {} block-linear weights, sparsity levels {:?}; fitness on {:?} calibration tokens per stage",
+        "{}: {} block-linear weights, levels {}; fitness on {:?} calibration tokens per stage",
         report.input.display(),
         report.linear_params,
-        report.levels,
+        report
+            .levels
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
         report.fitness_tokens
     );
     for t in &report.targets {
@@ -320,14 +331,14 @@ fn run_sparsity(args: &CompressArgs, model: &std::path::Path) -> anyhow::Result<
             t.curve.len()
         );
         println!(
-            "  {:<12} {:>10} {:>12} {:>10} {:>10}",
-            "method", "sparsity", "calib KL", "PPL", "KL"
+            "  {:<16} {:>10} {:>9} {:>12} {:>10} {:>10}",
+            "method", "sparsity", "factored", "calib KL", "PPL", "KL"
         );
         for m in &t.methods {
             let (ppl, kl) = eval_cells(m.eval.as_ref());
             println!(
-                "  {:<12} {:>10.4} {:>12.5} {:>10} {:>10}",
-                m.name, m.sparsity, m.fitness, ppl, kl
+                "  {:<16} {:>10.4} {:>9} {:>12.5} {:>10} {:>10}",
+                m.name, m.sparsity, m.factored, m.fitness, ppl, kl
             );
         }
     }

@@ -400,9 +400,10 @@ fn compress_rejects_bad_budgets_and_options_before_any_work() {
             "--levels Q4_0",
         ),
         (
-            &["--target-sparsity", "0.95"][..],
-            "outside the sparsity levels",
+            &["--target-sparsity", "0.6", "--levels", "0.5,lowrank:1.5"][..],
+            "--levels lowrank:1.5",
         ),
+        (&["--target-sparsity", "0.95"][..], "is outside the levels"),
     ] {
         let mut a = vec!["compress", "-o", s(&sparse), "-q"];
         a.extend_from_slice(args);

@@ -22,13 +22,23 @@
 //! same number of weights between two layers; tersor's search instead keeps any switch
 //! within the budget with exact per-level costs, so a plain sparsity ladder works for
 //! layers of different sizes.
+//!
+//! The budget is in parameters, so levels of other kinds that remove parameters mix
+//! into the same ladder ([`ParamLevel`]): `lowrank:R` (activation-aware SVD whose two
+//! factors hold at most `R` of the linear's parameters, costed as the factors) and
+//! `drop` (the linear removed: a dropped `o_proj` or `down_proj` skips its sublayer).
+//! Each linear's levels are sorted by kept parameters, whatever their kind, so a level
+//! switch may trade sparsity in one linear for rank in another.
 
+use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use tersor_model::{LinearKind, LoadedModel, TensorNaming};
+use tersor_prune::lowrank::{asvd, rank_for_ratio};
 use tersor_prune::pattern::zeros_for;
 use tersor_prune::sparsegpt::{sparsegpt, SparseGptConfig};
 use tersor_prune::Pattern;
@@ -43,6 +53,93 @@ use crate::{CompressError, EvalFigures, Event, MemoLm, Result, SearchOptions};
 /// The default sparsity ladder of every linear.
 pub const DEFAULT_LEVELS: [f64; 10] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
 
+/// Damping of `XᵀX` for the low-rank levels' whitening (as `tersor lowrank`).
+const ASVD_DAMP: f64 = 0.01;
+
+/// One way a linear may lose parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ParamLevel {
+    /// SparseGPT at this sparsity; `1.0` is the linear removed (all zeros, no SparseGPT).
+    Sparse(f64),
+    /// Activation-aware SVD (SVD-LLM whitening) at the largest rank whose two factors
+    /// hold at most this fraction of the linear's parameters; written as the factors.
+    LowRank(f64),
+}
+
+impl ParamLevel {
+    /// The nominal fraction of the linear's parameters this level removes.
+    pub fn removed(self) -> f64 {
+        match self {
+            ParamLevel::Sparse(s) => s,
+            ParamLevel::LowRank(r) => 1.0 - r,
+        }
+    }
+
+    /// Parameters a `[rows, cols]` linear keeps at this level: its non-zeros, or its
+    /// factors' parameters; `None` for a rank that would not save any.
+    pub fn kept(self, rows: usize, cols: usize) -> Option<u64> {
+        let n = rows * cols;
+        match self {
+            ParamLevel::Sparse(s) => Some((n - zeros_for(n, s)) as u64),
+            ParamLevel::LowRank(r) => {
+                let k = rank_for_ratio(rows, cols, r);
+                (k * (rows + cols) < n).then_some((k * (rows + cols)) as u64)
+            }
+        }
+    }
+}
+
+impl fmt::Display for ParamLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamLevel::Sparse(s) if *s >= 1.0 => f.write_str("drop"),
+            ParamLevel::Sparse(s) => write!(f, "{s}"),
+            ParamLevel::LowRank(r) => write!(f, "lowrank:{r}"),
+        }
+    }
+}
+
+impl FromStr for ParamLevel {
+    type Err = String;
+
+    /// `0.5` / `50%` (sparsity), `lowrank:0.6` (factors holding 60 % of the
+    /// parameters), `drop` (the linear removed).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let s = s.trim();
+        let frac = |x: &str| -> Option<f64> {
+            match x.strip_suffix('%') {
+                Some(p) => p.trim().parse::<f64>().ok().map(|v| v / 100.0),
+                None => x.trim().parse().ok(),
+            }
+        };
+        if s == "drop" {
+            return Ok(ParamLevel::Sparse(1.0));
+        }
+        if let Some(r) = s.strip_prefix("lowrank:") {
+            return match frac(r) {
+                Some(r) if r > 0.0 && r < 1.0 => Ok(ParamLevel::LowRank(r)),
+                _ => Err(format!(
+                    "`{s}`: a low-rank level keeps a fraction of the parameters in (0, 1), \
+                     like lowrank:0.6"
+                )),
+            };
+        }
+        match frac(s) {
+            Some(x) if (0.0..1.0).contains(&x) => Ok(ParamLevel::Sparse(x)),
+            _ => Err(format!(
+                "`{s}`: expected a sparsity like 0.5 or 50%, a low-rank level like \
+                 lowrank:0.6, or drop"
+            )),
+        }
+    }
+}
+
+impl Serialize for ParamLevel {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
 /// What `tersor compress --target-sparsity` needs.
 #[derive(Clone, Debug)]
 pub struct SparsityOptions {
@@ -52,8 +149,8 @@ pub struct SparsityOptions {
     /// directory; `None`: report only). They share the level database and the per-linear
     /// error table.
     pub targets: Vec<(f64, Option<PathBuf>)>,
-    /// Sparsities each linear may take (sorted, deduplicated here).
-    pub levels: Vec<f64>,
+    /// Levels each linear may take (sorted, deduplicated here).
+    pub levels: Vec<ParamLevel>,
     pub calib: CalibConfig,
     pub sparsegpt: SparseGptConfig,
     pub search: SearchOptions,
@@ -67,20 +164,27 @@ pub struct SparsityOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct SparsityMethod {
     pub name: String,
-    /// Zeros over the block linears' parameters.
+    /// Parameters removed over the block linears' parameters (zeros, a dropped linear's
+    /// weights, and what factored linears save).
     pub sparsity: f64,
+    /// Zeros counted on the assembled weights of the linears that are not factored.
     pub zeros: u64,
+    /// Linears at a low-rank level, and their factors' parameters (from the factors'
+    /// shapes).
+    pub factored: usize,
+    pub factor_params: u64,
     /// Last-stage calibration fitness (mean KL).
     pub fitness: f64,
     pub eval: Option<EvalFigures>,
-    /// Sparsity of each linear, in unit order.
-    pub levels: Vec<f64>,
+    /// Level of each linear, in unit order.
+    pub levels: Vec<ParamLevel>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SparsityReport {
     pub input: PathBuf,
-    pub levels: Vec<f64>,
+    /// The ladder, most parameters removed first.
+    pub levels: Vec<ParamLevel>,
     /// The block linears, `blk.L.attn_q.weight` …, and their parameters.
     pub units: Vec<(String, u64)>,
     pub linear_params: u64,
@@ -101,16 +205,18 @@ pub struct TargetReport {
     pub zeros_required: u64,
     pub curve: Vec<GenerationRecord>,
     pub methods: Vec<SparsityMethod>,
-    /// Mean sparsity of each block (all seven linears) in the EvoPress allocation.
+    /// Fraction of the parameters of each block (all seven linears) the EvoPress
+    /// allocation removes.
     pub evopress_block_sparsity: Vec<f64>,
     pub seconds_baselines: f64,
     pub seconds_search: f64,
     pub seconds_eval: f64,
 }
 
-/// The ladder sorted by decreasing sparsity (level 0 = the sparsest = the cheapest, as
-/// [`Problem`] wants), checked.
-fn ladder(levels: &[f64], targets: &[f64]) -> Result<Vec<f64>> {
+/// The ladder sorted by decreasing removal (sparsity levels before low-rank ones at
+/// equal removal), checked: every target must lie within the removals of one kind's
+/// levels, the uniform baseline of that kind.
+fn ladder(levels: &[ParamLevel], targets: &[f64]) -> Result<Vec<ParamLevel>> {
     if targets.is_empty() {
         return Err(CompressError::Usage(
             "--target-sparsity: no target given".into(),
@@ -121,27 +227,50 @@ fn ladder(levels: &[f64], targets: &[f64]) -> Result<Vec<f64>> {
             "--target-sparsity {t}: expected a fraction between 0 and 1 (exclusive)"
         )));
     }
-    if let Some(bad) = levels.iter().find(|s| !(**s >= 0.0 && **s < 1.0)) {
+    if let Some(bad) = levels.iter().find(|l| match l {
+        ParamLevel::Sparse(s) => !(*s >= 0.0 && *s <= 1.0),
+        ParamLevel::LowRank(r) => !(*r > 0.0 && *r < 1.0),
+    }) {
         return Err(CompressError::Usage(format!(
-            "sparsity level {bad}: expected 0 <= s < 1"
+            "level {bad}: expected a sparsity 0 <= s <= 1 or a low-rank ratio 0 < r < 1"
         )));
     }
     let mut l = levels.to_vec();
-    l.sort_by(|a, b| b.total_cmp(a));
+    l.sort_by(|a, b| {
+        b.removed()
+            .total_cmp(&a.removed())
+            .then(matches!(a, ParamLevel::LowRank(_)).cmp(&matches!(b, ParamLevel::LowRank(_))))
+    });
     l.dedup();
-    let (lo, hi) = (l.last().copied(), l.first().copied());
     for &target in targets {
-        match (lo, hi) {
-            (Some(lo), Some(hi)) if lo <= target && target <= hi => {}
-            _ => {
-                return Err(CompressError::Usage(format!(
-                    "--target-sparsity {target} is outside the sparsity levels {levels:?}: the \
-                     levels must include sparsities at and below and at and above the target"
-                )))
-            }
+        if uniform_kinds(&l, target).is_empty() {
+            return Err(CompressError::Usage(format!(
+                "--target-sparsity {target} is outside the levels {}: the sparsity levels \
+                 (or the low-rank ones) must remove at most and at least the target",
+                l.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )));
         }
     }
     Ok(l)
+}
+
+/// The kinds whose levels bracket `target` (a uniform baseline each): `false` for
+/// sparsity, `true` for low rank.
+fn uniform_kinds(levels: &[ParamLevel], target: f64) -> Vec<bool> {
+    [false, true]
+        .into_iter()
+        .filter(|&lowrank| {
+            let r: Vec<f64> = levels
+                .iter()
+                .filter(|l| matches!(l, ParamLevel::LowRank(_)) == lowrank)
+                .map(|l| l.removed())
+                .collect();
+            r.iter().any(|&x| x <= target) && r.iter().any(|&x| x >= target)
+        })
+        .collect()
 }
 
 /// Runs the job: level database, baselines, EvoPress, evaluation and the written model.
@@ -158,7 +287,8 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     };
     let n_layers = model.n_layers();
 
-    // Units and the problem in kept weights.
+    // Units, and each one's levels sorted by kept parameters (level 0 = the fewest, as
+    // [`Problem`] wants); a level that keeps as many as a cheaper one is left out.
     let mut units = Vec::new();
     for l in 0..n_layers {
         for kind in LinearKind::ALL {
@@ -172,36 +302,54 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
             });
         }
     }
-    let kept = |u: &Unit, s: f64| (u.rows * u.cols - zeros_for(u.rows * u.cols, s)) as u64;
-    let search_units: Vec<tersor_search::Unit> = units
+    let unit_levels: Vec<Vec<(ParamLevel, u64)>> = units
         .iter()
-        .map(|u| tersor_search::Unit {
-            name: u.name.clone(),
-            costs: levels.iter().map(|&s| kept(u, s)).collect(),
+        .map(|u| {
+            let mut v: Vec<(ParamLevel, u64)> = levels
+                .iter()
+                .filter_map(|&lv| lv.kept(u.rows, u.cols).map(|k| (lv, k)))
+                .collect();
+            // `levels` is most-removed first, so a stable sort keeps sparsity before
+            // low rank at equal cost.
+            v.sort_by_key(|&(_, k)| k);
+            v.dedup_by_key(|&mut (_, k)| k);
+            v
         })
         .collect();
-    if let Some(u) = search_units
+    let search_units: Vec<tersor_search::Unit> = units
         .iter()
-        .find(|u| u.costs.windows(2).any(|w| w[1] <= w[0]))
-    {
+        .zip(&unit_levels)
+        .map(|(u, lv)| tersor_search::Unit {
+            name: u.name.clone(),
+            costs: lv.iter().map(|&(_, k)| k).collect(),
+        })
+        .collect();
+    if let Some(u) = search_units.iter().find(|u| u.costs.len() < 2) {
         return Err(CompressError::Usage(format!(
-            "{}: the sparsity levels {levels:?} do not differ by at least one of its weights",
-            u.name
+            "{}: the levels {} leave it fewer than two distinct sizes",
+            u.name,
+            levels
+                .iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
         )));
     }
     let linear_params: u64 = units.iter().map(|u| u.params()).sum();
 
-    // Level database: SparseGPT on the reference's activations, block by block.
+    // Level database: SparseGPT and ASVD on the reference's activations, block by block.
     let t0 = Instant::now();
     let cal = Calibration::load(&opts.calib, &tokenizer)?;
     let mut hidden = crate::build::embed_windows(&model, &cal.windows)?;
-    let total_levels = units.len() * levels.len();
+    let total_levels: usize = unit_levels.iter().map(|l| l.len()).sum();
     progress(Event::BuildStart {
         units: units.len(),
         levels: total_levels,
     });
     let mut weights: Vec<Vec<Tensor>> = Vec::with_capacity(units.len());
+    let mut factors: Vec<Vec<Option<(Tensor, Tensor)>>> = Vec::with_capacity(units.len());
     let mut output_errors: Vec<Vec<f64>> = Vec::with_capacity(units.len());
+    let mut done = 0;
     for l in 0..n_layers {
         let mut col = Collector::new(usize::MAX, false);
         for h in hidden.iter_mut() {
@@ -212,7 +360,8 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
         // as do gate and up).
         let mut h_site: [Option<Tensor>; 4] = Default::default();
         for kind in LinearKind::ALL {
-            let u = &units[weights.len()];
+            let ui = weights.len();
+            let u = &units[ui];
             let site = Site::of(kind) as usize;
             let xtx = &stats[site].xtx;
             let w = model
@@ -229,36 +378,52 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
             let h = h_site[site].as_ref().expect("set above");
             let w_energy =
                 crate::build::energy(&w, u.rows, u.cols, Some(h))?.max(f64::MIN_POSITIVE);
-            let mut lv = Vec::with_capacity(levels.len());
-            let mut errs = Vec::with_capacity(levels.len());
-            for (i, &s) in levels.iter().enumerate() {
-                let pruned = if s == 0.0 {
-                    w.clone()
-                } else {
-                    sparsegpt(
-                        &w,
-                        u.rows,
-                        u.cols,
-                        xtx,
-                        Pattern::Unstructured(s),
-                        &opts.sparsegpt,
-                    )
-                    .map_err(|e| CompressError::Input {
-                        path: opts.input.clone(),
-                        msg: format!("{}: {e}", u.name),
-                    })?
-                    .weights
+            let layer_err = |e: tersor_prune::PruneError| CompressError::Input {
+                path: opts.input.clone(),
+                msg: format!("{}: {e}", u.name),
+            };
+            let mut lv = Vec::with_capacity(unit_levels[ui].len());
+            let mut fs = Vec::with_capacity(unit_levels[ui].len());
+            let mut errs = Vec::with_capacity(unit_levels[ui].len());
+            for &(level, _) in &unit_levels[ui] {
+                let (dense, f) = match level {
+                    ParamLevel::Sparse(0.0) => (w.clone(), None),
+                    ParamLevel::Sparse(s) if s >= 1.0 => (vec![0.0; w.len()], None),
+                    ParamLevel::Sparse(s) => {
+                        let p = sparsegpt(
+                            &w,
+                            u.rows,
+                            u.cols,
+                            xtx,
+                            Pattern::Unstructured(s),
+                            &opts.sparsegpt,
+                        )
+                        .map_err(layer_err)?;
+                        (p.weights, None)
+                    }
+                    ParamLevel::LowRank(r) => {
+                        let rank = rank_for_ratio(u.rows, u.cols, r);
+                        let f =
+                            asvd(&w, u.rows, u.cols, xtx, rank, ASVD_DAMP).map_err(layer_err)?;
+                        let dense = f.product();
+                        let a = Tensor::from_vec(f.a, (u.rows, rank), &Device::Cpu)?;
+                        let b = Tensor::from_vec(f.b, (rank, u.cols), &Device::Cpu)?;
+                        (dense, Some((a, b)))
+                    }
                 };
-                let dw: Vec<f32> = w.iter().zip(&pruned).map(|(a, b)| a - b).collect();
+                let dw: Vec<f32> = w.iter().zip(&dense).map(|(a, b)| a - b).collect();
                 errs.push(crate::build::energy(&dw, u.rows, u.cols, Some(h))? / w_energy);
-                lv.push(Tensor::from_vec(pruned, (u.rows, u.cols), &Device::Cpu)?);
+                lv.push(Tensor::from_vec(dense, (u.rows, u.cols), &Device::Cpu)?);
+                fs.push(f);
+                done += 1;
                 progress(Event::BuildLevel {
-                    done: weights.len() * levels.len() + i + 1,
+                    done,
                     total: total_levels,
                     tensor: u.name.clone(),
                 });
             }
             weights.push(lv);
+            factors.push(fs);
             output_errors.push(errs);
         }
     }
@@ -282,7 +447,7 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     )?;
 
     // The per-linear error table of the DP baseline and of EvoPress's guided switches:
-    // the KL of each linear alone at the sparsest level, scaled to the other levels by
+    // the KL of each linear alone at its cheapest level, scaled to the other levels by
     // their output errors. It does not depend on the target.
     let t1 = Instant::now();
     let report = |done, total| progress(Event::UnitKl { done, total });
@@ -296,13 +461,19 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
         tokenizer: &tokenizer,
         units: &units,
         levels: &levels,
+        unit_levels: &unit_levels,
+        factors: &factors,
         table: &table,
         linear_params,
         last_stage: stage_windows.len() - 1,
     };
     let mut targets = Vec::new();
     for (target, output) in &opts.targets {
-        let budget: u64 = units.iter().map(|u| kept(u, *target)).sum();
+        // The kept weights of the target sparsity applied to every linear.
+        let budget: u64 = units
+            .iter()
+            .map(|u| (u.params() as usize - zeros_for(u.params() as usize, *target)) as u64)
+            .sum();
         let problem = Problem::new(search_units.clone(), 0, budget)?;
         targets.push(search_target(
             opts, &ctx, &problem, *target, output, progress,
@@ -328,10 +499,52 @@ struct TargetCtx<'a> {
     reference: &'a MemoLm<'a>,
     tokenizer: &'a tersor_model::TextTokenizer,
     units: &'a [Unit],
-    levels: &'a [f64],
+    levels: &'a [ParamLevel],
+    /// Each unit's levels and kept parameters, in its level order.
+    unit_levels: &'a [Vec<(ParamLevel, u64)>],
+    /// The factors of each unit's low-rank levels (written as `weight_a` / `weight_b`).
+    factors: &'a [Vec<Option<(Tensor, Tensor)>>],
     table: &'a [Vec<f64>],
     linear_params: u64,
     last_stage: usize,
+}
+
+/// Uniform over one kind of level (`lowrank`: the low-rank levels, else sparsity):
+/// every linear at the level of that kind removing the least that is at least
+/// `target` (its cheapest level if it has none), then raised, in unit order, to the
+/// next level of the same kind while the budget allows.
+fn uniform(c: &TargetCtx<'_>, problem: &Problem, target: f64, lowrank: bool) -> Assignment {
+    let of_kind = |lv: &ParamLevel| matches!(lv, ParamLevel::LowRank(_)) == lowrank;
+    let mut a: Assignment = c
+        .unit_levels
+        .iter()
+        .map(|lv| {
+            lv.iter()
+                .enumerate()
+                .filter(|(_, (l, _))| of_kind(l) && l.removed() >= target - 1e-12)
+                .map(|(i, _)| i)
+                .next_back()
+                .unwrap_or(0) as u16
+        })
+        .collect();
+    let mut cost = problem.cost(&a);
+    loop {
+        let mut raised = false;
+        for (u, lv) in c.unit_levels.iter().enumerate() {
+            let cur = a[u] as usize;
+            if let Some(next) = (cur + 1..lv.len()).find(|&i| of_kind(&lv[i].0)) {
+                let extra = lv[next].1 - lv[cur].1;
+                if cost + extra <= problem.budget {
+                    a[u] = next as u16;
+                    cost += extra;
+                    raised = true;
+                }
+            }
+        }
+        if !raised {
+            return a;
+        }
+    }
 }
 
 /// Baselines, EvoPress, evaluation and the written model for one target.
@@ -343,30 +556,28 @@ fn search_target(
     output: &Option<PathBuf>,
     progress: &(dyn Fn(Event) + Sync),
 ) -> Result<TargetReport> {
-    let (eval, units, levels) = (c.eval, c.units, c.levels);
+    let (eval, units) = (c.eval, c.units);
     let s = &opts.search;
-    let n = units.len();
 
-    // Baselines: uniform is the target level everywhere (it meets the budget exactly
-    // when the target is a level); DP minimises the summed per-linear errors.
+    // Baselines: uniform per kind of level (exact when the target is a level); DP
+    // minimises the summed per-linear errors.
     let t1 = Instant::now();
-    let target_level = levels
-        .iter()
-        .position(|&x| x <= target)
-        .expect("ladder() keeps a level at or below every target");
-    let uniform: Assignment = if levels[target_level] == target {
-        vec![target_level as u16; n]
-    } else {
-        // Between two levels: the sparser one, topped up in unit order.
-        tersor_search::greedy_topup(
-            problem,
-            &vec![(target_level - 1) as u16; n],
-            &(0..n).collect::<Vec<_>>(),
-        )
-    };
-    let dp = tersor_search::dp(problem, c.table, 100_000)?;
-    let mut allocs: Vec<(String, Assignment)> =
-        vec![("uniform".into(), uniform), ("dp".into(), dp)];
+    let mut allocs: Vec<(String, Assignment)> = Vec::new();
+    for lowrank in uniform_kinds(c.levels, target) {
+        let a = uniform(c, problem, target, lowrank);
+        if !problem.fits(&a) {
+            return Err(CompressError::Invariant(format!(
+                "the uniform assignment at {target} exceeds its budget"
+            )));
+        }
+        let name = if lowrank {
+            "uniform-lowrank"
+        } else {
+            "uniform"
+        };
+        allocs.push((name.into(), a));
+    }
+    allocs.push(("dp".into(), tersor_search::dp(problem, c.table, 100_000)?));
     let mut fits = Vec::new();
     for (name, a) in &allocs {
         let f = Fitness::evaluate(eval, c.last_stage, a, std::slice::from_ref(a))?[0];
@@ -378,9 +589,11 @@ fn search_target(
     }
     let seconds_baselines = t1.elapsed().as_secs_f64();
 
-    // EvoPress from the better baseline.
+    // EvoPress from the best baseline.
     let t2 = Instant::now();
-    let best = if fits[1] < fits[0] { 1 } else { 0 };
+    let best = (0..fits.len())
+        .min_by(|&i, &j| fits[i].total_cmp(&fits[j]))
+        .expect("at least dp");
     let state = crate::evopress_from(problem, eval, s, c.table, allocs[best].1.clone(), progress)?;
     let seconds_search = t2.elapsed().as_secs_f64();
     allocs.insert(0, ("evopress".into(), state.parent.clone()));
@@ -400,41 +613,74 @@ fn search_target(
             opts.calib.ctx,
             progress,
         )?;
-        // Zeros counted on the assembled weights, not the level labels.
+        // Zeros counted on the assembled weights, not the level labels; factored
+        // linears counted from their factors' shapes.
         let m = eval.model(&a.iter().map(|&l| Some(l)).collect::<Vec<_>>())?;
-        let mut zeros = 0u64;
-        for u in units {
-            let UnitRef::Linear(l, k) = u.what else {
+        let (mut zeros, mut factored, mut factor_params) = (0u64, 0usize, 0u64);
+        for (u, unit) in units.iter().enumerate() {
+            if let Some((fa, fb)) = &c.factors[u][a[u] as usize] {
+                factored += 1;
+                factor_params += (fa.elem_count() + fb.elem_count()) as u64;
+                continue;
+            }
+            let UnitRef::Linear(l, k) = unit.what else {
                 unreachable!("sparsity units are linears")
             };
             let w = m.linear_weight(l, k)?.flatten_all()?.to_vec1::<f32>()?;
             zeros += w.iter().filter(|&&x| x == 0.0).count() as u64;
         }
+        let factored_dense: u64 = units
+            .iter()
+            .enumerate()
+            .filter(|(u, _)| c.factors[*u][a[*u] as usize].is_some())
+            .map(|(_, unit)| unit.params())
+            .sum();
+        let removed = zeros + factored_dense - factor_params;
         methods.push(SparsityMethod {
             name: name.clone(),
-            sparsity: zeros as f64 / c.linear_params as f64,
+            sparsity: removed as f64 / c.linear_params as f64,
             zeros,
+            factored,
+            factor_params,
             fitness,
             eval: eval_figures,
-            levels: a.iter().map(|&l| levels[l as usize]).collect(),
+            levels: a
+                .iter()
+                .enumerate()
+                .map(|(u, &l)| c.unit_levels[u][l as usize].0)
+                .collect(),
         });
     }
     let seconds_eval = t3.elapsed().as_secs_f64();
     if let Some(out) = output {
         progress(Event::Writing { path: out.clone() });
-        let m = eval.model(&state.parent.iter().map(|&l| Some(l)).collect::<Vec<_>>())?;
+        let mut m = eval.model(&state.parent.iter().map(|&l| Some(l)).collect::<Vec<_>>())?;
+        for (u, unit) in units.iter().enumerate() {
+            if let (Some((fa, fb)), UnitRef::Linear(l, k)) =
+                (&c.factors[u][state.parent[u] as usize], unit.what)
+            {
+                m.set_linear_factors(l, k, fa.clone(), fb.clone())?;
+            }
+        }
         tersor_quantize::write_dense_dir(&opts.input, out, &m, opts.dtype)?;
     }
     let per_block = LinearKind::ALL.len();
     let evopress_block_sparsity = units
         .chunks(per_block)
         .zip(state.parent.chunks(per_block))
-        .map(|(us, ls)| {
-            let (z, p) = us.iter().zip(ls).fold((0u64, 0u64), |(z, p), (u, &l)| {
-                let n = u.params();
-                (z + zeros_for(n as usize, levels[l as usize]) as u64, p + n)
-            });
-            z as f64 / p as f64
+        .enumerate()
+        .map(|(b, (us, ls))| {
+            let (kept, p) =
+                us.iter()
+                    .zip(ls)
+                    .enumerate()
+                    .fold((0u64, 0u64), |(k, p), (i, (u, &l))| {
+                        (
+                            k + c.unit_levels[b * per_block + i][l as usize].1,
+                            p + u.params(),
+                        )
+                    });
+            1.0 - kept as f64 / p as f64
         })
         .collect();
     Ok(TargetReport {
@@ -454,16 +700,62 @@ fn search_target(
 mod tests {
     use super::*;
 
+    fn sp(v: &[f64]) -> Vec<ParamLevel> {
+        v.iter().map(|&x| ParamLevel::Sparse(x)).collect()
+    }
+
     #[test]
-    fn ladder_is_sorted_sparsest_first_and_must_bracket_the_target() {
-        let l = ladder(&[0.5, 0.0, 0.9, 0.5], &[0.6]).unwrap();
-        assert_eq!(l, [0.9, 0.5, 0.0]);
-        assert!(ladder(&[0.1, 0.2], &[0.6]).is_err());
-        assert!(ladder(&[0.7, 0.8], &[0.6]).is_err());
-        assert!(ladder(&[0.5, 0.8], &[0.6, 0.9]).is_err());
-        assert!(ladder(&[0.5, 1.0], &[0.6]).is_err());
-        assert!(ladder(&DEFAULT_LEVELS, &[0.0]).is_err());
-        assert!(ladder(&DEFAULT_LEVELS, &[f64::NAN]).is_err());
-        assert!(ladder(&DEFAULT_LEVELS, &[]).is_err());
+    fn ladder_is_sorted_most_removed_first_and_must_bracket_the_target() {
+        let l = ladder(&sp(&[0.5, 0.0, 0.9, 0.5]), &[0.6]).unwrap();
+        assert_eq!(l, sp(&[0.9, 0.5, 0.0]));
+        assert!(ladder(&sp(&[0.1, 0.2]), &[0.6]).is_err());
+        assert!(ladder(&sp(&[0.7, 0.8]), &[0.6]).is_err());
+        assert!(ladder(&sp(&[0.5, 0.8]), &[0.6, 0.9]).is_err());
+        assert!(ladder(&sp(&[0.5, 1.5]), &[0.6]).is_err());
+        assert!(ladder(&sp(&DEFAULT_LEVELS), &[0.0]).is_err());
+        assert!(ladder(&sp(&DEFAULT_LEVELS), &[f64::NAN]).is_err());
+        assert!(ladder(&sp(&DEFAULT_LEVELS), &[]).is_err());
+        // `drop` brackets from above; low-rank levels bracket on their own; at equal
+        // removal sparsity comes first.
+        assert!(ladder(&sp(&[0.5, 1.0]), &[0.6]).is_ok());
+        let mixed = [
+            ParamLevel::LowRank(0.5),
+            ParamLevel::Sparse(0.5),
+            ParamLevel::LowRank(0.3),
+        ];
+        let l = ladder(&mixed, &[0.6]).unwrap();
+        assert_eq!(
+            l,
+            [
+                ParamLevel::LowRank(0.3),
+                ParamLevel::Sparse(0.5),
+                ParamLevel::LowRank(0.5)
+            ]
+        );
+        assert_eq!(uniform_kinds(&l, 0.6), [true]);
+        assert_eq!(uniform_kinds(&l, 0.5), [false, true]);
+    }
+
+    #[test]
+    fn levels_parse_print_and_cost() {
+        for (s, l) in [
+            ("0.5", ParamLevel::Sparse(0.5)),
+            ("50%", ParamLevel::Sparse(0.5)),
+            ("drop", ParamLevel::Sparse(1.0)),
+            ("lowrank:0.6", ParamLevel::LowRank(0.6)),
+        ] {
+            assert_eq!(s.parse::<ParamLevel>().unwrap(), l, "{s}");
+        }
+        for bad in ["1.0", "-0.1", "lowrank:1", "lowrank:0", "rank:0.5", "x"] {
+            assert!(bad.parse::<ParamLevel>().is_err(), "{bad}");
+        }
+        assert_eq!(ParamLevel::Sparse(1.0).to_string(), "drop");
+        assert_eq!(ParamLevel::LowRank(0.6).to_string(), "lowrank:0.6");
+        // [64, 128] at 0.5: rank floor(0.5 · 8192 / 192) = 21, 21 · 192 = 4032 kept.
+        assert_eq!(ParamLevel::LowRank(0.5).kept(64, 128), Some(4032));
+        assert_eq!(ParamLevel::Sparse(0.25).kept(64, 128), Some(6144));
+        assert_eq!(ParamLevel::Sparse(1.0).kept(64, 128), Some(0));
+        // A rank that would not save parameters is no level.
+        assert_eq!(ParamLevel::LowRank(0.99).kept(2, 2), None);
     }
 }

@@ -2,12 +2,16 @@
 //! on the weights, uniform puts every linear at the target, EvoPress never ends worse
 //! than the baseline it starts from, and the written directory holds the allocation.
 
-use tersor_compress::sparsity::{self, SparsityOptions};
+use tersor_compress::sparsity::{self, ParamLevel, SparsityOptions};
 use tersor_compress::SearchOptions;
 use tersor_model::{LinearKind, LoadedModel};
 use tersor_quantize::prune::FloatDtype;
 use tersor_quantize::CalibConfig;
 use tersor_testkit::{calib_text, TempDir, TinyLlama};
+
+fn sp(v: &[f64]) -> Vec<ParamLevel> {
+    v.iter().map(|&x| ParamLevel::Sparse(x)).collect()
+}
 
 #[test]
 fn sparsity_search_meets_the_target_and_writes_its_allocation() {
@@ -28,7 +32,7 @@ fn sparsity_search_meets_the_target_and_writes_its_allocation() {
     let opts = SparsityOptions {
         input: path.clone(),
         targets: vec![(0.5, Some(out.clone())), (0.3, None)],
-        levels: vec![0.0, 0.25, 0.5, 0.75],
+        levels: sp(&[0.0, 0.25, 0.5, 0.75]),
         calib: CalibConfig {
             path: calib.clone(),
             max_tokens: 1024,
@@ -53,7 +57,7 @@ fn sparsity_search_meets_the_target_and_writes_its_allocation() {
     let block = 2 * 64 * 64 + 2 * 32 * 64 + 3 * 128 * 64;
     assert_eq!(report.linear_params, 4 * block);
     assert_eq!(r.zeros_required, 2 * block);
-    assert_eq!(report.levels, [0.75, 0.5, 0.25, 0.0]);
+    assert_eq!(report.levels, sp(&[0.75, 0.5, 0.25, 0.0]));
     let names: Vec<&str> = r.methods.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["evopress", "uniform", "dp"]);
     for m in &r.methods {
@@ -64,7 +68,7 @@ fn sparsity_search_meets_the_target_and_writes_its_allocation() {
     }
     let uniform = &r.methods[1];
     assert_eq!(uniform.zeros, r.zeros_required);
-    assert!(uniform.levels.iter().all(|&s| s == 0.5));
+    assert!(uniform.levels.iter().all(|&s| s == ParamLevel::Sparse(0.5)));
     let start = r.methods[1].fitness.min(r.methods[2].fitness);
     assert!(
         r.methods[0].fitness <= start,
@@ -90,7 +94,10 @@ fn sparsity_search_meets_the_target_and_writes_its_allocation() {
                 .to_vec1::<f32>()
                 .unwrap();
             let z = w.iter().filter(|&&x| x == 0.0).count();
-            let want = (evo.levels[u] * w.len() as f64).round() as usize;
+            let ParamLevel::Sparse(s) = evo.levels[u] else {
+                panic!("a sparsity ladder gave {}", evo.levels[u])
+            };
+            let want = (s * w.len() as f64).round() as usize;
             assert_eq!(z, want, "{} (level {})", report.units[u].0, evo.levels[u]);
             zeros += z as u64;
             u += 1;
@@ -110,7 +117,10 @@ fn sparsity_search_meets_the_target_and_writes_its_allocation() {
             m.zeros
         );
     }
-    assert!(r30.methods[1].levels.iter().all(|&s| s == 0.25 || s == 0.5));
+    assert!(r30.methods[1]
+        .levels
+        .iter()
+        .all(|&s| s == ParamLevel::Sparse(0.25) || s == ParamLevel::Sparse(0.5)));
 
     // A target the levels cannot bracket is a usage error naming the flag.
     let e = sparsity::run(
@@ -123,4 +133,174 @@ fn sparsity_search_meets_the_target_and_writes_its_allocation() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("--target-sparsity"), "{e}");
+}
+
+/// Sparsity, low-rank and drop levels in one ladder: both uniforms meet the budget in
+/// their own kind, EvoPress ends at or below the best start, and the written directory
+/// runs the factored linears as their two factors: its logits match the search's model
+/// (the factors' product) and its parameters are the allocation's.
+#[test]
+fn mixed_levels_search_counts_parameters_and_writes_factors() {
+    let dir = TempDir::new("sparsity-mixed");
+    let path = dir.path().join("m.gguf");
+    TinyLlama {
+        hidden: 64,
+        ffn: 128,
+        layers: 3,
+        heads: 4,
+        kv_heads: 2,
+        tied: true,
+        seed: 9,
+    }
+    .write_gguf(&path);
+    let calib = calib_text(dir.path());
+    let out = dir.path().join("mixed");
+    let levels: Vec<ParamLevel> = [
+        "0",
+        "0.25",
+        "0.5",
+        "0.75",
+        "drop",
+        "lowrank:0.3",
+        "lowrank:0.6",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    let opts = SparsityOptions {
+        input: path.clone(),
+        targets: vec![(0.5, Some(out.clone()))],
+        levels,
+        calib: CalibConfig {
+            path: calib.clone(),
+            max_tokens: 1024,
+            ctx: 128,
+        },
+        sparsegpt: Default::default(),
+        search: SearchOptions {
+            generations: 8,
+            offspring: 4,
+            stage_windows: vec![1, 3],
+            survivors: vec![2],
+            seed: 4,
+            ..SearchOptions::default()
+        },
+        eval: Some((calib.clone(), 2)),
+        dtype: FloatDtype::F32,
+    };
+    let report = sparsity::run(&opts, &|_| {}).unwrap();
+    let r = &report.targets[0];
+    let names: Vec<&str> = r.methods.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["evopress", "uniform", "uniform-lowrank", "dp"]);
+    let required = r.zeros_required as f64 / report.linear_params as f64;
+    for m in &r.methods {
+        assert!(
+            m.sparsity >= required - 1e-12,
+            "{}: removes {}",
+            m.name,
+            m.sparsity
+        );
+    }
+    let lowrank = &r.methods[2];
+    assert!(lowrank.factored > 0);
+    assert!(lowrank
+        .levels
+        .iter()
+        .all(|l| matches!(l, ParamLevel::LowRank(_)) || *l == ParamLevel::Sparse(0.0)));
+    let start = r.methods[1..]
+        .iter()
+        .map(|m| m.fitness)
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        r.methods[0].fitness <= start,
+        "EvoPress {} > {start}",
+        r.methods[0].fitness
+    );
+
+    // The written model: factored linears as weight_a / weight_b of the level's rank,
+    // the rest dense with the level's zeros; the parameters add up to the allocation's.
+    let LoadedModel::Decoder { model, .. } = tersor_model::load(&out).unwrap() else {
+        panic!("not a decoder")
+    };
+    let evo = &r.methods[0];
+    // This seed's allocation mixes all three kinds, so the writer's paths are covered.
+    assert!(evo.factored > 0, "{:?}", evo.levels);
+    assert!(
+        evo.levels.contains(&ParamLevel::Sparse(1.0)),
+        "{:?}",
+        evo.levels
+    );
+    let (mut kept, mut u) = (0u64, 0);
+    for l in 0..3 {
+        for kind in LinearKind::ALL {
+            let level = evo.levels[u];
+            let (rows, cols) = model.linear_weight(l, kind).unwrap().dims2().unwrap();
+            match (level, model.linear_factors(l, kind).unwrap()) {
+                (ParamLevel::LowRank(ratio), Some((a, b))) => {
+                    let rank = tersor_prune::lowrank::rank_for_ratio(rows, cols, ratio);
+                    assert_eq!(a.dims2().unwrap(), (rows, rank), "{}", report.units[u].0);
+                    assert_eq!(b.dims2().unwrap(), (rank, cols), "{}", report.units[u].0);
+                    kept += (rank * (rows + cols)) as u64;
+                }
+                (ParamLevel::Sparse(s), None) => {
+                    let w = model.linear_weight(l, kind).unwrap().flatten_all().unwrap();
+                    let w = w.to_vec1::<f32>().unwrap();
+                    let z = w.iter().filter(|&&x| x == 0.0).count();
+                    assert_eq!(
+                        z,
+                        (s * w.len() as f64).round() as usize,
+                        "{}",
+                        report.units[u].0
+                    );
+                    kept += (w.len() - z) as u64;
+                }
+                (level, f) => panic!(
+                    "{}: level {level}, factors {}",
+                    report.units[u].0,
+                    f.is_some()
+                ),
+            }
+            u += 1;
+        }
+    }
+    let removed = 1.0 - kept as f64 / report.linear_params as f64;
+    assert!(
+        (removed - evo.sparsity).abs() < 1e-12,
+        "{removed} vs {}",
+        evo.sparsity
+    );
+
+    // Its KL on the evaluation text (two matmuls per factored linear) is the search's
+    // figure for the same allocation (the factors' product).
+    let LoadedModel::Decoder {
+        model: reference,
+        tokenizer,
+    } = tersor_model::load(&path).unwrap()
+    else {
+        panic!("not a decoder")
+    };
+    let r = tersor_eval::perplexity(
+        tersor_eval::Lm {
+            model: &model,
+            tokenizer: &tokenizer,
+        },
+        Some(tersor_eval::Lm {
+            model: &reference,
+            tokenizer: &tokenizer,
+        }),
+        &std::fs::read_to_string(&calib).unwrap(),
+        &tersor_eval::PerplexityConfig {
+            ctx: 128,
+            max_windows: Some(2),
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let written = r.kl.unwrap().kld_mean;
+    let want = evo.eval.as_ref().unwrap().kld_mean;
+    assert!(
+        (written - want).abs() <= 1e-4 * want,
+        "written {written} vs searched {want}"
+    );
 }
