@@ -19,7 +19,9 @@
 # A second run searches a mixed ladder (MIXED_LEVELS, default the sparsities above plus
 # `drop`, the linear removed, and activation-aware SVD factors holding 30 / 50 / 70 % of
 # a linear's parameters) under the same parameter budgets; its baselines are uniform
-# SparseGPT, uniform ASVD (where the ratios bracket the target) and DP.
+# SparseGPT, uniform ASVD (where the ratios bracket the target) and DP. A third run
+# searches N:M patterns (NM_LEVELS, default dense, 3:4, 2:4 and 1:4 per linear) at 50 %
+# against uniform 2:4.
 #
 # No peer is needed. THREADS (default 2). Finished runs are reused from
 # bench/out/sparsity_table (delete it to measure again).
@@ -34,6 +36,7 @@ threads="${THREADS:-2}"
 calib_tokens="${CALIB_TOKENS:-8192}"
 chunks="${CHUNKS:-8}"
 generations="${GENERATIONS:-10}"
+nm_levels="${NM_LEVELS:-0,3:4,2:4,1:4}"
 mixed_levels="${MIXED_LEVELS:-0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,drop,lowrank:0.3,lowrank:0.5,lowrank:0.7}"
 mkdir -p "$out_dir" "$(dirname "$result")"
 
@@ -44,11 +47,12 @@ tersor_setup
 ref_ppl="$(ref_perplexity "$chunks")"
 tag="t${targets//,/_}.g$generations.c$calib_tokens.e$chunks"
 mixed_tag="$tag.mixed$(echo "$mixed_levels" | cksum | cut -d' ' -f1)"
+nm_tag="t0.5.g$generations.c$calib_tokens.e$chunks.nm$(echo "$nm_levels" | cksum | cut -d' ' -f1)"
 
 # One compress run per ladder (the default sparsities; the mixed ladder), and its
 # written EvoPress models scored from their files.
 run_ladder() {
-    local tag="$1"; shift
+    local tag="$1" targets="$2"; shift 2
     local j="$out_dir/$tag.json"
     if [[ ! -s "$j" ]]; then
         echo "tersor compress --target-sparsity $targets $*..." >&2
@@ -76,8 +80,9 @@ EOF
         fi
     done
 }
-run_ladder "$tag"
-run_ladder "$mixed_tag" --levels "$mixed_levels"
+run_ladder "$tag" "$targets"
+run_ladder "$mixed_tag" "$targets" --levels "$mixed_levels"
+run_ladder "$nm_tag" 0.5 --levels "$nm_levels"
 j="$out_dir/$tag.json"
 
 # Sequential uniform SparseGPT (`tersor prune`), scored from its files.
@@ -153,6 +158,32 @@ parts = [f"level database {r['seconds_build']:.0f} s", f"per-linear KL table {r[
 for t in r["targets"]:
     parts.append(f"{round(t['target'] * 100)} %: search {t['seconds_search']:.0f} s")
 print(f"Mixed run wall time, 2 cores: {'; '.join(parts)}; whole run {r['wall_seconds']} s.")
+EOF
+    echo
+    echo "## N:M: EvoPress over per-linear N:M patterns vs uniform 2:4"
+    echo
+    echo "Ladder \`$nm_levels\` (N:M = at most N nonzeros in every M consecutive inputs of a row, SparseGPT) at 50 % of the parameters: uniform is 2:4 everywhere (from the same database); EvoPress may mix 3:4, 2:4, 1:4 and dense linears. Sequential uniform SparseGPT 2:4 (\`tersor prune\`) is in prune_table.md."
+    echo
+    echo "| target | allocation | scored | params removed | factored linears | dropped linears | calib KL | PPL | mean KLD | same top % |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    python3 - "$out_dir/$nm_tag.json" "$out_dir" "$nm_tag" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1])); out, tag = sys.argv[2:4]
+for t in r["targets"]:
+    pct = round(t["target"] * 100)
+    for i, m in enumerate(t["methods"]):
+        e = m["eval"]
+        print(f"| {pct} % | {m['name']} (database) | f32, in memory | {m['sparsity']:.4f} | {m['factored']} | 0 | {m['fitness']:.4f} "
+              f"| {e['perplexity']:.2f} ± {e['perplexity_uncertainty']:.2f} | {e['kld_mean']:.4f} | {e['same_top_percent']:.1f} |")
+        if i == 0:
+            w = json.load(open(f"{out}/{tag}.evopress{pct}.eval.json"))["perplexity"]
+            print(f"| {pct} % | evopress, written | f16 file, `tersor eval` | {m['sparsity']:.4f} | 0 | 0 |  "
+                  f"| {w['perplexity']:.2f} ± {w['perplexity_uncertainty']:.2f} | {w['kl']['kld_mean']:.4f} | {w['kl']['same_top_percent']:.1f} |")
+    counts = {}
+    for l in t["methods"][0]["levels"]:
+        counts[l] = counts.get(l, 0) + 1
+    print()
+    print("EvoPress's N:M allocation: " + ", ".join(f"{k}: {v} linears" for k, v in sorted(counts.items())) + ".")
 EOF
     echo
     echo "EvoPress's per-block sparsity (mean over the block's seven linears, blocks 0..29):"

@@ -61,16 +61,47 @@ const ASVD_DAMP: f64 = 0.01;
 pub enum ParamLevel {
     /// SparseGPT at this sparsity; `1.0` is the linear removed (all zeros, no SparseGPT).
     Sparse(f64),
+    /// SparseGPT to an N:M pattern: at most `n` nonzeros in every `m` consecutive inputs
+    /// of a row (linears whose rows `m` does not divide do not get this level).
+    NM { n: usize, m: usize },
     /// Activation-aware SVD (SVD-LLM whitening) at the largest rank whose two factors
     /// hold at most this fraction of the linear's parameters; written as the factors.
     LowRank(f64),
 }
 
+/// Kinds of [`ParamLevel`], each with its own uniform baseline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Family {
+    Unstructured,
+    NM,
+    LowRank,
+}
+
+impl Family {
+    /// The name of this family's uniform baseline.
+    fn uniform_name(self) -> &'static str {
+        match self {
+            Family::Unstructured => "uniform",
+            Family::NM => "uniform-nm",
+            Family::LowRank => "uniform-lowrank",
+        }
+    }
+}
+
 impl ParamLevel {
+    pub fn family(self) -> Family {
+        match self {
+            ParamLevel::Sparse(_) => Family::Unstructured,
+            ParamLevel::NM { .. } => Family::NM,
+            ParamLevel::LowRank(_) => Family::LowRank,
+        }
+    }
+
     /// The nominal fraction of the linear's parameters this level removes.
     pub fn removed(self) -> f64 {
         match self {
             ParamLevel::Sparse(s) => s,
+            ParamLevel::NM { n, m } => (m - n) as f64 / m as f64,
             ParamLevel::LowRank(r) => 1.0 - r,
         }
     }
@@ -81,6 +112,7 @@ impl ParamLevel {
         let n = rows * cols;
         match self {
             ParamLevel::Sparse(s) => Some((n - zeros_for(n, s)) as u64),
+            ParamLevel::NM { n: k, m } => (cols % m == 0).then_some((rows * cols / m * k) as u64),
             ParamLevel::LowRank(r) => {
                 let k = rank_for_ratio(rows, cols, r);
                 (k * (rows + cols) < n).then_some((k * (rows + cols)) as u64)
@@ -94,6 +126,7 @@ impl fmt::Display for ParamLevel {
         match self {
             ParamLevel::Sparse(s) if *s >= 1.0 => f.write_str("drop"),
             ParamLevel::Sparse(s) => write!(f, "{s}"),
+            ParamLevel::NM { n, m } => write!(f, "{n}:{m}"),
             ParamLevel::LowRank(r) => write!(f, "lowrank:{r}"),
         }
     }
@@ -102,8 +135,8 @@ impl fmt::Display for ParamLevel {
 impl FromStr for ParamLevel {
     type Err = String;
 
-    /// `0.5` / `50%` (sparsity), `lowrank:0.6` (factors holding 60 % of the
-    /// parameters), `drop` (the linear removed).
+    /// `0.5` / `50%` (sparsity), `2:4` (N:M), `lowrank:0.6` (factors holding 60 % of
+    /// the parameters), `drop` (the linear removed).
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let s = s.trim();
         let frac = |x: &str| -> Option<f64> {
@@ -124,11 +157,19 @@ impl FromStr for ParamLevel {
                 )),
             };
         }
+        if let Some((n, m)) = s.split_once(':') {
+            return match (n.trim().parse::<usize>(), m.trim().parse::<usize>()) {
+                (Ok(n), Ok(m)) if n < m => Ok(ParamLevel::NM { n, m }),
+                _ => Err(format!(
+                    "`{s}`: an N:M level keeps N < M of every M, like 2:4"
+                )),
+            };
+        }
         match frac(s) {
             Some(x) if (0.0..1.0).contains(&x) => Ok(ParamLevel::Sparse(x)),
             _ => Err(format!(
-                "`{s}`: expected a sparsity like 0.5 or 50%, a low-rank level like \
-                 lowrank:0.6, or drop"
+                "`{s}`: expected a sparsity like 0.5 or 50%, an N:M pattern like 2:4, a \
+                 low-rank level like lowrank:0.6, or drop"
             )),
         }
     }
@@ -229,17 +270,19 @@ fn ladder(levels: &[ParamLevel], targets: &[f64]) -> Result<Vec<ParamLevel>> {
     }
     if let Some(bad) = levels.iter().find(|l| match l {
         ParamLevel::Sparse(s) => !(*s >= 0.0 && *s <= 1.0),
+        ParamLevel::NM { n, m } => n >= m,
         ParamLevel::LowRank(r) => !(*r > 0.0 && *r < 1.0),
     }) {
         return Err(CompressError::Usage(format!(
-            "level {bad}: expected a sparsity 0 <= s <= 1 or a low-rank ratio 0 < r < 1"
+            "level {bad}: expected a sparsity 0 <= s <= 1, an N:M pattern with N < M or a \
+             low-rank ratio 0 < r < 1"
         )));
     }
     let mut l = levels.to_vec();
     l.sort_by(|a, b| {
         b.removed()
             .total_cmp(&a.removed())
-            .then(matches!(a, ParamLevel::LowRank(_)).cmp(&matches!(b, ParamLevel::LowRank(_))))
+            .then(a.family().cmp(&b.family()))
     });
     l.dedup();
     for &target in targets {
@@ -257,15 +300,14 @@ fn ladder(levels: &[ParamLevel], targets: &[f64]) -> Result<Vec<ParamLevel>> {
     Ok(l)
 }
 
-/// The kinds whose levels bracket `target` (a uniform baseline each): `false` for
-/// sparsity, `true` for low rank.
-fn uniform_kinds(levels: &[ParamLevel], target: f64) -> Vec<bool> {
-    [false, true]
+/// The families whose levels bracket `target` (a uniform baseline each).
+fn uniform_kinds(levels: &[ParamLevel], target: f64) -> Vec<Family> {
+    [Family::Unstructured, Family::NM, Family::LowRank]
         .into_iter()
-        .filter(|&lowrank| {
+        .filter(|&family| {
             let r: Vec<f64> = levels
                 .iter()
-                .filter(|l| matches!(l, ParamLevel::LowRank(_)) == lowrank)
+                .filter(|l| l.family() == family)
                 .map(|l| l.removed())
                 .collect();
             r.iter().any(|&x| x <= target) && r.iter().any(|&x| x >= target)
@@ -401,6 +443,18 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
                         .map_err(layer_err)?;
                         (p.weights, None)
                     }
+                    ParamLevel::NM { n, m } => {
+                        let p = sparsegpt(
+                            &w,
+                            u.rows,
+                            u.cols,
+                            xtx,
+                            Pattern::NM { n, m },
+                            &opts.sparsegpt,
+                        )
+                        .map_err(layer_err)?;
+                        (p.weights, None)
+                    }
                     ParamLevel::LowRank(r) => {
                         let rank = rank_for_ratio(u.rows, u.cols, r);
                         let f =
@@ -509,12 +563,12 @@ struct TargetCtx<'a> {
     last_stage: usize,
 }
 
-/// Uniform over one kind of level (`lowrank`: the low-rank levels, else sparsity):
-/// every linear at the level of that kind removing the least that is at least
-/// `target` (its cheapest level if it has none), then raised, in unit order, to the
-/// next level of the same kind while the budget allows.
-fn uniform(c: &TargetCtx<'_>, problem: &Problem, target: f64, lowrank: bool) -> Assignment {
-    let of_kind = |lv: &ParamLevel| matches!(lv, ParamLevel::LowRank(_)) == lowrank;
+/// Uniform over one family of levels: every linear at the level of that family
+/// removing the least that is at least `target` (its cheapest level if it has none),
+/// then raised, in unit order, to the next level of the same family while the budget
+/// allows. The dense level (sparsity 0) belongs to every family.
+fn uniform(c: &TargetCtx<'_>, problem: &Problem, target: f64, family: Family) -> Assignment {
+    let of_kind = |lv: &ParamLevel| lv.family() == family || *lv == ParamLevel::Sparse(0.0);
     let mut a: Assignment = c
         .unit_levels
         .iter()
@@ -563,19 +617,14 @@ fn search_target(
     // minimises the summed per-linear errors.
     let t1 = Instant::now();
     let mut allocs: Vec<(String, Assignment)> = Vec::new();
-    for lowrank in uniform_kinds(c.levels, target) {
-        let a = uniform(c, problem, target, lowrank);
+    for family in uniform_kinds(c.levels, target) {
+        let a = uniform(c, problem, target, family);
         if !problem.fits(&a) {
             return Err(CompressError::Invariant(format!(
                 "the uniform assignment at {target} exceeds its budget"
             )));
         }
-        let name = if lowrank {
-            "uniform-lowrank"
-        } else {
-            "uniform"
-        };
-        allocs.push((name.into(), a));
+        allocs.push((family.uniform_name().into(), a));
     }
     allocs.push(("dp".into(), tersor_search::dp(problem, c.table, 100_000)?));
     let mut fits = Vec::new();
@@ -732,8 +781,18 @@ mod tests {
                 ParamLevel::LowRank(0.5)
             ]
         );
-        assert_eq!(uniform_kinds(&l, 0.6), [true]);
-        assert_eq!(uniform_kinds(&l, 0.5), [false, true]);
+        assert_eq!(uniform_kinds(&l, 0.6), [Family::LowRank]);
+        assert_eq!(
+            uniform_kinds(&l, 0.5),
+            [Family::Unstructured, Family::LowRank]
+        );
+        let nm = ladder(
+            &["0", "3:4", "2:4", "1:4"].map(|s| s.parse().unwrap()),
+            &[0.6],
+        )
+        .unwrap();
+        assert_eq!(nm[0], ParamLevel::NM { n: 1, m: 4 });
+        assert_eq!(uniform_kinds(&nm, 0.6), [Family::NM]);
     }
 
     #[test]
@@ -743,10 +802,20 @@ mod tests {
             ("50%", ParamLevel::Sparse(0.5)),
             ("drop", ParamLevel::Sparse(1.0)),
             ("lowrank:0.6", ParamLevel::LowRank(0.6)),
+            ("2:4", ParamLevel::NM { n: 2, m: 4 }),
         ] {
             assert_eq!(s.parse::<ParamLevel>().unwrap(), l, "{s}");
         }
-        for bad in ["1.0", "-0.1", "lowrank:1", "lowrank:0", "rank:0.5", "x"] {
+        for bad in [
+            "1.0",
+            "-0.1",
+            "lowrank:1",
+            "lowrank:0",
+            "rank:0.5",
+            "x",
+            "4:4",
+            "2:x",
+        ] {
             assert!(bad.parse::<ParamLevel>().is_err(), "{bad}");
         }
         assert_eq!(ParamLevel::Sparse(1.0).to_string(), "drop");
@@ -755,6 +824,8 @@ mod tests {
         assert_eq!(ParamLevel::LowRank(0.5).kept(64, 128), Some(4032));
         assert_eq!(ParamLevel::Sparse(0.25).kept(64, 128), Some(6144));
         assert_eq!(ParamLevel::Sparse(1.0).kept(64, 128), Some(0));
+        assert_eq!(ParamLevel::NM { n: 2, m: 4 }.kept(64, 128), Some(4096));
+        assert_eq!(ParamLevel::NM { n: 2, m: 8 }.kept(64, 100), None);
         // A rank that would not save parameters is no level.
         assert_eq!(ParamLevel::LowRank(0.99).kept(2, 2), None);
     }

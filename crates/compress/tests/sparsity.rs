@@ -304,3 +304,94 @@ fn mixed_levels_search_counts_parameters_and_writes_factors() {
         "written {written} vs searched {want}"
     );
 }
+
+/// An N:M ladder: uniform puts every linear at 2:4, and EvoPress's non-uniform N:M
+/// allocation (dense, 3:4, 2:4 and 1:4 per linear) is written with every row group
+/// holding at most its level's N nonzeros.
+#[test]
+fn nm_ladder_keeps_every_linear_on_its_pattern() {
+    let dir = TempDir::new("sparsity-nm");
+    let path = dir.path().join("m.gguf");
+    TinyLlama {
+        hidden: 64,
+        ffn: 128,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        tied: true,
+        seed: 11,
+    }
+    .write_gguf(&path);
+    let calib = calib_text(dir.path());
+    let out = dir.path().join("nm");
+    let opts = SparsityOptions {
+        input: path.clone(),
+        targets: vec![(0.5, Some(out.clone()))],
+        levels: ["0", "3:4", "2:4", "1:4"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect(),
+        calib: CalibConfig {
+            path: calib.clone(),
+            max_tokens: 1024,
+            ctx: 128,
+        },
+        sparsegpt: Default::default(),
+        search: SearchOptions {
+            generations: 6,
+            offspring: 4,
+            stage_windows: vec![1, 3],
+            survivors: vec![2],
+            seed: 3,
+            ..SearchOptions::default()
+        },
+        eval: None,
+        dtype: FloatDtype::F32,
+    };
+    let report = sparsity::run(&opts, &|_| {}).unwrap();
+    let r = &report.targets[0];
+    let names: Vec<&str> = r.methods.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["evopress", "uniform-nm", "dp"]);
+    let two_four = ParamLevel::NM { n: 2, m: 4 };
+    assert!(r.methods[1].levels.iter().all(|&l| l == two_four));
+    assert_eq!(r.methods[1].zeros, r.zeros_required);
+    let evo = &r.methods[0];
+    assert!(evo.zeros >= r.zeros_required);
+    assert!(
+        evo.levels.iter().any(|&l| l != two_four),
+        "{:?}",
+        evo.levels
+    );
+
+    let LoadedModel::Decoder { model, .. } = tersor_model::load(&out).unwrap() else {
+        panic!("not a decoder")
+    };
+    let mut u = 0;
+    for l in 0..2 {
+        for kind in LinearKind::ALL {
+            let w = model.linear_weight(l, kind).unwrap();
+            let (_, cols) = w.dims2().unwrap();
+            let w = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (n, m) = match evo.levels[u] {
+                ParamLevel::NM { n, m } => (n, m),
+                ParamLevel::Sparse(0.0) => (4, 4),
+                other => panic!("level {other} in an N:M ladder"),
+            };
+            for row in w.chunks(cols) {
+                for g in row.chunks(m) {
+                    let nz = g.iter().filter(|&&x| x != 0.0).count();
+                    assert!(
+                        nz <= n,
+                        "{}: {nz} nonzeros in a group of {m}",
+                        report.units[u].0
+                    );
+                }
+            }
+            if n < m {
+                let z = w.iter().filter(|&&x| x == 0.0).count();
+                assert_eq!(z, w.len() / m * (m - n), "{}", report.units[u].0);
+            }
+            u += 1;
+        }
+    }
+}
