@@ -99,6 +99,34 @@ for t in ${targets//,/ }; do
     fi
 done
 
+# Rows of a ladder run's table: every allocation scored in memory, EvoPress's written
+# directory scored from its files, then the count of linears at each of EvoPress's levels.
+ladder_rows() {
+    python3 - "$out_dir/$1.json" "$out_dir" "$1" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1])); out, tag = sys.argv[2:4]
+for t in r["targets"]:
+    pct = round(t["target"] * 100)
+    for i, m in enumerate(t["methods"]):
+        e = m["eval"]
+        drops = sum(1 for l in m["levels"] if l == "drop")
+        print(f"| {pct} % | {m['name']} (database) | f32, in memory | {m['sparsity']:.4f} | {m['factored']} | {drops} | {m['fitness']:.4f} "
+              f"| {e['perplexity']:.2f} ± {e['perplexity_uncertainty']:.2f} | {e['kld_mean']:.4f} | {e['same_top_percent']:.1f} |")
+        if i == 0:
+            w = json.load(open(f"{out}/{tag}.evopress{pct}.eval.json"))["perplexity"]
+            print(f"| {pct} % | evopress, written | f16 file, `tersor eval` | {m['sparsity']:.4f} | {m['factored']} | {drops} |  "
+                  f"| {w['perplexity']:.2f} ± {w['perplexity_uncertainty']:.2f} | {w['kl']['kld_mean']:.4f} | {w['kl']['same_top_percent']:.1f} |")
+print()
+for t in r["targets"]:
+    counts = {}
+    for l in t["methods"][0]["levels"]:
+        counts[l] = counts.get(l, 0) + 1
+    print(f"EvoPress at {round(t['target'] * 100)} %, linears per level: "
+          + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + ".")
+    print()
+EOF
+}
+
 {
     echo "# Non-uniform sparsity: EvoPress vs uniform SparseGPT"
     echo
@@ -129,63 +157,6 @@ for t in r["targets"]:
         print(f"| {pct} % | {name} | {how} | {sp:.4f} | {fit} | {p:.2f} ± {pu:.2f} | {kl:.4f} | {top:.1f} |")
 EOF
     echo
-    echo "## Mixed levels: sparsity, dropped linears and low rank under one parameter budget"
-    echo
-    echo "Ladder \`$mixed_levels\` for every linear (\`drop\`: the linear removed, which for o_proj / down_proj skips the sublayer; \`lowrank:R\`: activation-aware SVD, whitening by the Cholesky factor of XᵀX + 1 % damping, at the largest rank whose two factors hold at most R of the linear's parameters, costed as the factors). Budget: the same parameter counts as above; linear sparsity = parameters removed (zeros counted on the weights, factored linears by their factors' shapes). The written EvoPress directory stores factored linears as their two factors (f16) and runs them as two matmuls."
-    echo
-    echo "| target | allocation | scored | params removed | factored linears | dropped linears | calib KL | PPL | mean KLD | same top % |"
-    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
-    python3 - "$out_dir/$mixed_tag.json" "$out_dir" "$mixed_tag" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1])); out, tag = sys.argv[2:4]
-for t in r["targets"]:
-    pct = round(t["target"] * 100)
-    for i, m in enumerate(t["methods"]):
-        e = m["eval"]
-        drops = sum(1 for l in m["levels"] if l == "drop")
-        print(f"| {pct} % | {m['name']} (database) | f32, in memory | {m['sparsity']:.4f} | {m['factored']} | {drops} | {m['fitness']:.4f} "
-              f"| {e['perplexity']:.2f} ± {e['perplexity_uncertainty']:.2f} | {e['kld_mean']:.4f} | {e['same_top_percent']:.1f} |")
-        if i == 0:
-            w = json.load(open(f"{out}/{tag}.evopress{pct}.eval.json"))["perplexity"]
-            print(f"| {pct} % | evopress, written | f16 file, `tersor eval` | {m['sparsity']:.4f} | {m['factored']} | {drops} |  "
-                  f"| {w['perplexity']:.2f} ± {w['perplexity_uncertainty']:.2f} | {w['kl']['kld_mean']:.4f} | {w['kl']['same_top_percent']:.1f} |")
-EOF
-    echo
-    python3 - "$out_dir/$mixed_tag.json" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-parts = [f"level database {r['seconds_build']:.0f} s", f"per-linear KL table {r['seconds_table']:.0f} s"]
-for t in r["targets"]:
-    parts.append(f"{round(t['target'] * 100)} %: search {t['seconds_search']:.0f} s")
-print(f"Mixed run wall time, 2 cores: {'; '.join(parts)}; whole run {r['wall_seconds']} s.")
-EOF
-    echo
-    echo "## N:M: EvoPress over per-linear N:M patterns vs uniform 2:4"
-    echo
-    echo "Ladder \`$nm_levels\` (N:M = at most N nonzeros in every M consecutive inputs of a row, SparseGPT) at 50 % of the parameters: uniform is 2:4 everywhere (from the same database); EvoPress may mix 3:4, 2:4, 1:4 and dense linears. Sequential uniform SparseGPT 2:4 (\`tersor prune\`) is in prune_table.md."
-    echo
-    echo "| target | allocation | scored | params removed | factored linears | dropped linears | calib KL | PPL | mean KLD | same top % |"
-    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
-    python3 - "$out_dir/$nm_tag.json" "$out_dir" "$nm_tag" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1])); out, tag = sys.argv[2:4]
-for t in r["targets"]:
-    pct = round(t["target"] * 100)
-    for i, m in enumerate(t["methods"]):
-        e = m["eval"]
-        print(f"| {pct} % | {m['name']} (database) | f32, in memory | {m['sparsity']:.4f} | {m['factored']} | 0 | {m['fitness']:.4f} "
-              f"| {e['perplexity']:.2f} ± {e['perplexity_uncertainty']:.2f} | {e['kld_mean']:.4f} | {e['same_top_percent']:.1f} |")
-        if i == 0:
-            w = json.load(open(f"{out}/{tag}.evopress{pct}.eval.json"))["perplexity"]
-            print(f"| {pct} % | evopress, written | f16 file, `tersor eval` | {m['sparsity']:.4f} | 0 | 0 |  "
-                  f"| {w['perplexity']:.2f} ± {w['perplexity_uncertainty']:.2f} | {w['kl']['kld_mean']:.4f} | {w['kl']['same_top_percent']:.1f} |")
-    counts = {}
-    for l in t["methods"][0]["levels"]:
-        counts[l] = counts.get(l, 0) + 1
-    print()
-    print("EvoPress's N:M allocation: " + ", ".join(f"{k}: {v} linears" for k, v in sorted(counts.items())) + ".")
-EOF
-    echo
     echo "EvoPress's per-block sparsity (mean over the block's seven linears, blocks 0..29):"
     echo
     python3 - "$j" <<'EOF'
@@ -203,6 +174,31 @@ for t in r["targets"]:
     parts.append(f"{round(t['target'] * 100)} %: baselines {t['seconds_baselines']:.0f} s, search {t['seconds_search']:.0f} s, evaluation {t['seconds_eval']:.0f} s")
 print(f"Wall time, 2 cores: {'; '.join(parts)}; whole run {r['wall_seconds']} s.")
 EOF
+    echo
+    echo "## Mixed levels: sparsity, dropped linears and low rank under one parameter budget"
+    echo
+    echo "Ladder \`$mixed_levels\` for every linear (\`drop\`: the linear removed, which for o_proj / down_proj skips the sublayer; \`lowrank:R\`: activation-aware SVD, whitening by the Cholesky factor of XᵀX + 1 % damping, at the largest rank whose two factors hold at most R of the linear's parameters, costed as the factors). Budget: the same parameter counts as above; linear sparsity = parameters removed (zeros counted on the weights, factored linears by their factors' shapes). The written EvoPress directory stores factored linears as their two factors (f16) and runs them as two matmuls."
+    echo
+    echo "| target | allocation | scored | params removed | factored linears | dropped linears | calib KL | PPL | mean KLD | same top % |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    ladder_rows "$mixed_tag"
+    echo
+    python3 - "$out_dir/$mixed_tag.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+parts = [f"level database {r['seconds_build']:.0f} s", f"per-linear KL table {r['seconds_table']:.0f} s"]
+for t in r["targets"]:
+    parts.append(f"{round(t['target'] * 100)} %: search {t['seconds_search']:.0f} s")
+print(f"Mixed run wall time, 2 cores: {'; '.join(parts)}; whole run {r['wall_seconds']} s.")
+EOF
+    echo
+    echo "## N:M: EvoPress over per-linear N:M patterns vs uniform 2:4"
+    echo
+    echo "Ladder \`$nm_levels\` (N:M = at most N nonzeros in every M consecutive inputs of a row, SparseGPT) at 50 % of the parameters: uniform is 2:4 everywhere (from the same database); EvoPress may mix 3:4, 2:4, 1:4 and dense linears. Sequential uniform SparseGPT 2:4 (\`tersor prune\`) is in prune_table.md."
+    echo
+    echo "| target | allocation | scored | params removed | factored linears | dropped linears | calib KL | PPL | mean KLD | same top % |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    ladder_rows "$nm_tag"
 } > "$result.tmp"
 mv "$result.tmp" "$result"
 echo "wrote $result" >&2

@@ -13,26 +13,38 @@ fn sp(v: &[f64]) -> Vec<ParamLevel> {
     v.iter().map(|&x| ParamLevel::Sparse(x)).collect()
 }
 
-#[test]
-fn sparsity_search_meets_the_target_and_writes_its_allocation() {
-    let dir = TempDir::new("sparsity-run");
+fn parse(levels: &[&str]) -> Vec<ParamLevel> {
+    levels.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+/// A tiny model of `layers` blocks (q, o 64×64; k, v 32×64; gate, up, down 128×64)
+/// written to `dir`, and search options over `levels` with `generations` and `seed`
+/// (calibration and evaluation on the test text; `eval`: score two windows).
+fn setup(
+    dir: &TempDir,
+    layers: usize,
+    model_seed: u64,
+    targets: Vec<(f64, Option<std::path::PathBuf>)>,
+    levels: Vec<ParamLevel>,
+    (generations, seed): (usize, u64),
+    eval: bool,
+) -> SparsityOptions {
     let path = dir.path().join("m.gguf");
     TinyLlama {
         hidden: 64,
         ffn: 128,
-        layers: 4,
+        layers,
         heads: 4,
         kv_heads: 2,
         tied: true,
-        seed: 5,
+        seed: model_seed,
     }
     .write_gguf(&path);
     let calib = calib_text(dir.path());
-    let out = dir.path().join("sparse");
-    let opts = SparsityOptions {
-        input: path.clone(),
-        targets: vec![(0.5, Some(out.clone())), (0.3, None)],
-        levels: sp(&[0.0, 0.25, 0.5, 0.75]),
+    SparsityOptions {
+        input: path,
+        targets,
+        levels,
         calib: CalibConfig {
             path: calib.clone(),
             max_tokens: 1024,
@@ -40,16 +52,31 @@ fn sparsity_search_meets_the_target_and_writes_its_allocation() {
         },
         sparsegpt: Default::default(),
         search: SearchOptions {
-            generations: 6,
+            generations,
             offspring: 4,
             stage_windows: vec![1, 3],
             survivors: vec![2],
-            seed: 2,
+            seed,
             ..SearchOptions::default()
         },
-        eval: Some((calib, 2)),
+        eval: eval.then_some((calib, 2)),
         dtype: FloatDtype::F32,
-    };
+    }
+}
+
+#[test]
+fn sparsity_search_meets_the_target_and_writes_its_allocation() {
+    let dir = TempDir::new("sparsity-run");
+    let out = dir.path().join("sparse");
+    let opts = setup(
+        &dir,
+        4,
+        5,
+        vec![(0.5, Some(out.clone())), (0.3, None)],
+        sp(&[0.0, 0.25, 0.5, 0.75]),
+        (6, 2),
+        true,
+    );
     let report = sparsity::run(&opts, &|_| {}).unwrap();
     assert_eq!(report.targets.len(), 2);
     let r = &report.targets[0];
@@ -142,20 +169,8 @@ fn sparsity_search_meets_the_target_and_writes_its_allocation() {
 #[test]
 fn mixed_levels_search_counts_parameters_and_writes_factors() {
     let dir = TempDir::new("sparsity-mixed");
-    let path = dir.path().join("m.gguf");
-    TinyLlama {
-        hidden: 64,
-        ffn: 128,
-        layers: 3,
-        heads: 4,
-        kv_heads: 2,
-        tied: true,
-        seed: 9,
-    }
-    .write_gguf(&path);
-    let calib = calib_text(dir.path());
     let out = dir.path().join("mixed");
-    let levels: Vec<ParamLevel> = [
+    let levels = parse(&[
         "0",
         "0.25",
         "0.5",
@@ -163,31 +178,17 @@ fn mixed_levels_search_counts_parameters_and_writes_factors() {
         "drop",
         "lowrank:0.3",
         "lowrank:0.6",
-    ]
-    .iter()
-    .map(|s| s.parse().unwrap())
-    .collect();
-    let opts = SparsityOptions {
-        input: path.clone(),
-        targets: vec![(0.5, Some(out.clone()))],
+    ]);
+    let opts = setup(
+        &dir,
+        3,
+        9,
+        vec![(0.5, Some(out.clone()))],
         levels,
-        calib: CalibConfig {
-            path: calib.clone(),
-            max_tokens: 1024,
-            ctx: 128,
-        },
-        sparsegpt: Default::default(),
-        search: SearchOptions {
-            generations: 8,
-            offspring: 4,
-            stage_windows: vec![1, 3],
-            survivors: vec![2],
-            seed: 4,
-            ..SearchOptions::default()
-        },
-        eval: Some((calib.clone(), 2)),
-        dtype: FloatDtype::F32,
-    };
+        (8, 4),
+        true,
+    );
+    let (path, calib) = (opts.input.clone(), opts.calib.path.clone());
     let report = sparsity::run(&opts, &|_| {}).unwrap();
     let r = &report.targets[0];
     let names: Vec<&str> = r.methods.iter().map(|m| m.name.as_str()).collect();
@@ -311,43 +312,17 @@ fn mixed_levels_search_counts_parameters_and_writes_factors() {
 #[test]
 fn nm_ladder_keeps_every_linear_on_its_pattern() {
     let dir = TempDir::new("sparsity-nm");
-    let path = dir.path().join("m.gguf");
-    TinyLlama {
-        hidden: 64,
-        ffn: 128,
-        layers: 2,
-        heads: 4,
-        kv_heads: 2,
-        tied: true,
-        seed: 11,
-    }
-    .write_gguf(&path);
-    let calib = calib_text(dir.path());
     let out = dir.path().join("nm");
-    let opts = SparsityOptions {
-        input: path.clone(),
-        targets: vec![(0.5, Some(out.clone()))],
-        levels: ["0", "3:4", "2:4", "1:4"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect(),
-        calib: CalibConfig {
-            path: calib.clone(),
-            max_tokens: 1024,
-            ctx: 128,
-        },
-        sparsegpt: Default::default(),
-        search: SearchOptions {
-            generations: 6,
-            offspring: 4,
-            stage_windows: vec![1, 3],
-            survivors: vec![2],
-            seed: 3,
-            ..SearchOptions::default()
-        },
-        eval: None,
-        dtype: FloatDtype::F32,
-    };
+    let levels = parse(&["0", "3:4", "2:4", "1:4"]);
+    let opts = setup(
+        &dir,
+        2,
+        11,
+        vec![(0.5, Some(out.clone()))],
+        levels,
+        (6, 3),
+        false,
+    );
     let report = sparsity::run(&opts, &|_| {}).unwrap();
     let r = &report.targets[0];
     let names: Vec<&str> = r.methods.iter().map(|m| m.name.as_str()).collect();
