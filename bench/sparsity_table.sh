@@ -99,9 +99,11 @@ for t in ${targets//,/ }; do
     fi
 done
 
-# Rows of a ladder run's table: every allocation scored in memory, EvoPress's written
+# A ladder run's table: every allocation scored in memory, EvoPress's written
 # directory scored from its files, then the count of linears at each of EvoPress's levels.
 ladder_rows() {
+    echo "| target | allocation | scored | params removed | factored linears | dropped linears | calib KL | PPL | mean KLD | same top % |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
     python3 - "$out_dir/$1.json" "$out_dir" "$1" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1])); out, tag = sys.argv[2:4]
@@ -179,8 +181,6 @@ EOF
     echo
     echo "Ladder \`$mixed_levels\` for every linear (\`drop\`: the linear removed, which for o_proj / down_proj skips the sublayer; \`lowrank:R\`: activation-aware SVD, whitening by the Cholesky factor of XᵀX + 1 % damping, at the largest rank whose two factors hold at most R of the linear's parameters, costed as the factors). Budget: the same parameter counts as above; linear sparsity = parameters removed (zeros counted on the weights, factored linears by their factors' shapes). The written EvoPress directory stores factored linears as their two factors (f16) and runs them as two matmuls."
     echo
-    echo "| target | allocation | scored | params removed | factored linears | dropped linears | calib KL | PPL | mean KLD | same top % |"
-    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
     ladder_rows "$mixed_tag"
     echo
     python3 - "$out_dir/$mixed_tag.json" <<'EOF'
@@ -196,8 +196,6 @@ EOF
     echo
     echo "Ladder \`$nm_levels\` (N:M = at most N nonzeros in every M consecutive inputs of a row, SparseGPT) at 50 % of the parameters: uniform is 2:4 everywhere (from the same database); EvoPress may mix 3:4, 2:4, 1:4 and dense linears. Sequential uniform SparseGPT 2:4 (\`tersor prune\`) is in prune_table.md."
     echo
-    echo "| target | allocation | scored | params removed | factored linears | dropped linears | calib KL | PPL | mean KLD | same top % |"
-    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
     ladder_rows "$nm_tag"
 } > "$result.tmp"
 mv "$result.tmp" "$result"
