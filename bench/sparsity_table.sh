@@ -129,6 +129,18 @@ for t in r["targets"]:
 EOF
 }
 
+# One run's wall times: "$2, 2 cores: ...".
+wall_times() {
+    python3 - "$out_dir/$1.json" "$2" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+parts = [f"level database {r['seconds_build']:.0f} s", f"per-linear KL table {r['seconds_table']:.0f} s"]
+for t in r["targets"]:
+    parts.append(f"{round(t['target'] * 100)} %: baselines {t['seconds_baselines']:.0f} s, search {t['seconds_search']:.0f} s, evaluation {t['seconds_eval']:.0f} s")
+print(f"{sys.argv[2]}, 2 cores: {'; '.join(parts)}; whole run {r['wall_seconds']} s.")
+EOF
+}
+
 {
     echo "# Non-uniform sparsity: EvoPress vs uniform SparseGPT"
     echo
@@ -168,14 +180,7 @@ for t in r["targets"]:
     print(f"- {round(t['target'] * 100)} %: " + " ".join(f"{x:.2f}" for x in t["evopress_block_sparsity"]))
 EOF
     echo
-    python3 - "$j" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-parts = [f"level database {r['seconds_build']:.0f} s", f"per-linear KL table {r['seconds_table']:.0f} s"]
-for t in r["targets"]:
-    parts.append(f"{round(t['target'] * 100)} %: baselines {t['seconds_baselines']:.0f} s, search {t['seconds_search']:.0f} s, evaluation {t['seconds_eval']:.0f} s")
-print(f"Wall time, 2 cores: {'; '.join(parts)}; whole run {r['wall_seconds']} s.")
-EOF
+    wall_times "$tag" "Wall time"
     echo
     echo "## Mixed levels: sparsity, dropped linears and low rank under one parameter budget"
     echo
@@ -183,20 +188,14 @@ EOF
     echo
     ladder_rows "$mixed_tag"
     echo
-    python3 - "$out_dir/$mixed_tag.json" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-parts = [f"level database {r['seconds_build']:.0f} s", f"per-linear KL table {r['seconds_table']:.0f} s"]
-for t in r["targets"]:
-    parts.append(f"{round(t['target'] * 100)} %: search {t['seconds_search']:.0f} s")
-print(f"Mixed run wall time, 2 cores: {'; '.join(parts)}; whole run {r['wall_seconds']} s.")
-EOF
+    wall_times "$mixed_tag" "Mixed run wall time"
     echo
     echo "## N:M: EvoPress over per-linear N:M patterns vs uniform 2:4"
     echo
     echo "Ladder \`$nm_levels\` (N:M = at most N nonzeros in every M consecutive inputs of a row, SparseGPT) at 50 % of the parameters: uniform is 2:4 everywhere (from the same database); EvoPress may mix 3:4, 2:4, 1:4 and dense linears. Sequential uniform SparseGPT 2:4 (\`tersor prune\`) is in prune_table.md."
     echo
     ladder_rows "$nm_tag"
+    wall_times "$nm_tag" "N:M run wall time"
 } > "$result.tmp"
 mv "$result.tmp" "$result"
 echo "wrote $result" >&2
