@@ -469,30 +469,81 @@ impl Evaluator {
         output_errors: &[Vec<f64>],
         progress: &dyn Fn(usize, usize),
     ) -> Result<Vec<Vec<f64>>> {
+        let anchors = vec![vec![0]; self.units.len()];
+        self.unit_table_anchored(stage, output_errors, &anchors, progress)
+    }
+
+    /// [`Evaluator::unit_table_scaled`] with the KL measured at several levels of each
+    /// unit (`anchors[u]`, level indices): a measured level keeps its KL, any other is
+    /// scaled from the anchor whose output error is nearest its own (in ratio). A level
+    /// far outside the quadratic regime (a removed linear) gets its own anchor, so that
+    /// it neither stands for the others nor is estimated from them.
+    pub fn unit_table_anchored(
+        &self,
+        stage: usize,
+        output_errors: &[Vec<f64>],
+        anchors: &[Vec<usize>],
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Vec<Vec<f64>>> {
         if output_errors.len() != self.units.len()
+            || anchors.len() != self.units.len()
             || output_errors
                 .iter()
                 .zip(&self.weights)
-                .any(|(e, w)| e.len() != w.len())
+                .zip(anchors)
+                .any(|((e, w), a)| {
+                    e.len() != w.len() || a.is_empty() || a.iter().any(|&l| l >= w.len())
+                })
         {
             return Err(CompressError::Invariant(
-                "output errors do not match the level database".into(),
+                "output errors or anchors do not match the level database".into(),
             ));
         }
         let base: Choice = vec![None; self.units.len()];
+        let total: usize = anchors.iter().map(|a| a.len()).sum();
+        let mut done = 0;
         let mut table = Vec::with_capacity(self.units.len());
         for (u, errs) in output_errors.iter().enumerate() {
-            let mut c = base.clone();
-            c[u] = Some(0);
-            let kl0 = self.kl(stage, &c, &base)?;
-            let row: Vec<f64> = if errs[0] > 0.0 && errs[0].is_finite() {
-                errs.iter().map(|&e| kl0 * e / errs[0]).collect()
-            } else {
-                // A lossless lowest level: every level is lossless.
-                vec![kl0; errs.len()]
-            };
+            let mut measured = Vec::with_capacity(anchors[u].len());
+            for &a in &anchors[u] {
+                let mut c = base.clone();
+                c[u] = Some(a as u16);
+                measured.push((a, self.kl(stage, &c, &base)?));
+                done += 1;
+                progress(done, total);
+            }
+            let usable = |e: f64| e > 0.0 && e.is_finite();
+            let row: Vec<f64> = errs
+                .iter()
+                .enumerate()
+                .map(|(l, &e)| {
+                    if let Some(&(_, kl)) = measured.iter().find(|(a, _)| *a == l) {
+                        return kl;
+                    }
+                    // The anchor nearest in output error (log ratio); a lossless anchor
+                    // (zero error) says every level is lossless.
+                    let (a, kl) = measured
+                        .iter()
+                        .copied()
+                        .min_by(|x, y| {
+                            let d = |a: usize| {
+                                if usable(errs[a]) && usable(e) {
+                                    (errs[a] / e).ln().abs()
+                                } else {
+                                    f64::INFINITY
+                                }
+                            };
+                            d(x.0).total_cmp(&d(y.0))
+                        })
+                        .expect("anchors are not empty");
+                    if usable(errs[a]) {
+                        kl * e / errs[a]
+                    } else {
+                        kl
+                    }
+                })
+                .collect();
             table.push(row);
-            progress(u + 1, self.units.len());
         }
         Ok(table)
     }

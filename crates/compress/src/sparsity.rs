@@ -501,11 +501,27 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     )?;
 
     // The per-linear error table of the DP baseline and of EvoPress's guided switches:
-    // the KL of each linear alone at its cheapest level, scaled to the other levels by
-    // their output errors. It does not depend on the target.
+    // the KL of each linear alone at its cheapest level that keeps some weights, scaled
+    // to the other levels by their output errors; a `drop` level is measured on its own
+    // (removing a linear is far outside the regime where KL scales with output error).
+    // It does not depend on the target.
     let t1 = Instant::now();
     let report = |done, total| progress(Event::UnitKl { done, total });
-    let table = eval.unit_table_scaled(0, &output_errors, &report)?;
+    let anchors: Vec<Vec<usize>> = unit_levels
+        .iter()
+        .map(|lv| {
+            let drop = lv.iter().position(|&(l, _)| l == ParamLevel::Sparse(1.0));
+            let first_kept = lv.iter().position(|&(_, k)| k > 0).unwrap_or(0);
+            drop.into_iter()
+                .chain(std::iter::once(first_kept))
+                .collect::<Vec<_>>()
+        })
+        .map(|mut a| {
+            a.dedup();
+            a
+        })
+        .collect();
+    let table = eval.unit_table_anchored(0, &output_errors, &anchors, &report)?;
     let seconds_table = t1.elapsed().as_secs_f64();
 
     let reference = MemoLm::new(&model);

@@ -370,3 +370,95 @@ fn nm_ladder_keeps_every_linear_on_its_pattern() {
         }
     }
 }
+
+/// The anchored per-linear KL table: anchored levels carry their measured KL (equal to
+/// the one-run-per-level table), the others are scaled from the anchor nearest in
+/// output error, and a lossless level scales to zero.
+#[test]
+fn anchored_table_measures_its_anchors_and_scales_the_rest() {
+    use candle_core::Tensor;
+    use tersor_compress::fitness::Evaluator;
+    use tersor_compress::units::{Unit, UnitRef};
+    use tersor_model::TensorNaming;
+
+    let dir = TempDir::new("sparsity-anchored");
+    let path = dir.path().join("m.gguf");
+    TinyLlama {
+        hidden: 64,
+        ffn: 128,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        tied: true,
+        seed: 13,
+    }
+    .write_gguf(&path);
+    let LoadedModel::Decoder { model, tokenizer } = tersor_model::load(&path).unwrap() else {
+        panic!("not a decoder")
+    };
+    let text = std::fs::read_to_string(calib_text(dir.path())).unwrap();
+    let ids = tokenizer.encode(&text, false).unwrap();
+    let windows: Vec<Vec<u32>> = ids.chunks(64).take(2).map(|c| c.to_vec()).collect();
+    // Levels of every linear: removed, 0.5 W, 0.9 W, W; relative output errors
+    // (1 - c)² for a scaled copy c W.
+    let scales = [0.0f32, 0.5, 0.9, 1.0];
+    let errs: Vec<f64> = scales
+        .iter()
+        .map(|&c| f64::from((1.0 - c) * (1.0 - c)))
+        .collect();
+    let (mut units, mut weights) = (Vec::new(), Vec::new());
+    for l in 0..2 {
+        for kind in LinearKind::ALL {
+            let w = model.linear_weight(l, kind).unwrap().clone();
+            let (rows, cols) = w.dims2().unwrap();
+            units.push(Unit {
+                name: TensorNaming::Gguf.linear(l, kind, "weight"),
+                what: UnitRef::Linear(l, kind),
+                rows,
+                cols,
+                kinds: Vec::new(),
+            });
+            weights.push(
+                scales
+                    .iter()
+                    .map(|&c| (&w * f64::from(c)).unwrap())
+                    .collect::<Vec<Tensor>>(),
+            );
+        }
+    }
+    let n = units.len();
+    let eval = Evaluator::from_levels(model, units, weights, windows, vec![2], 1, None).unwrap();
+    let exact = eval.unit_table(0, &|_, _| {}).unwrap();
+    let output_errors = vec![errs.clone(); n];
+    let anchored = eval
+        .unit_table_anchored(0, &output_errors, &vec![vec![0, 1]; n], &|_, _| {})
+        .unwrap();
+    let scaled = eval
+        .unit_table_scaled(0, &output_errors, &|_, _| {})
+        .unwrap();
+    for u in 0..n {
+        assert!(
+            exact[u][0] > exact[u][1] && exact[u][1] > 0.0,
+            "{:?}",
+            exact[u]
+        );
+        assert_eq!(anchored[u][0], exact[u][0]);
+        assert_eq!(anchored[u][1], exact[u][1]);
+        // 0.9 W is nearer 0.5 W (error ratio 25) than the removed linear (100).
+        let want = exact[u][1] * errs[2] / errs[1];
+        assert!(
+            (anchored[u][2] - want).abs() <= 1e-12 * want,
+            "{} vs {want}",
+            anchored[u][2]
+        );
+        assert_eq!(anchored[u][3], 0.0);
+        // One anchor at level 0: everything scaled from the removed linear.
+        assert_eq!(scaled[u][0], exact[u][0]);
+        let want = exact[u][0] * errs[1];
+        assert!((scaled[u][1] - want).abs() <= 1e-12 * want);
+    }
+    // Anchors outside a unit's levels are an error, not a panic.
+    assert!(eval
+        .unit_table_anchored(0, &output_errors, &vec![vec![4]; n], &|_, _| {})
+        .is_err());
+}
