@@ -24,9 +24,10 @@
 //! layers of different sizes.
 //!
 //! The budget is in parameters, so levels of other kinds that remove parameters mix
-//! into the same ladder ([`ParamLevel`]): `lowrank:R` (activation-aware SVD whose two
-//! factors hold at most `R` of the linear's parameters, costed as the factors) and
-//! `drop` (the linear removed: a dropped `o_proj` or `down_proj` skips its sublayer).
+//! into the same ladder ([`ParamLevel`]): N:M patterns (`2:4`), `lowrank:R`
+//! (activation-aware SVD whose two factors hold at most `R` of the linear's parameters,
+//! costed as the factors) and `drop` (the linear removed: a dropped `o_proj` or
+//! `down_proj` skips its sublayer).
 //! Each linear's levels are sorted by kept parameters, whatever their kind, so a level
 //! switch may trade sparsity in one linear for rank in another.
 
@@ -107,7 +108,8 @@ impl ParamLevel {
     }
 
     /// Parameters a `[rows, cols]` linear keeps at this level: its non-zeros, or its
-    /// factors' parameters; `None` for a rank that would not save any.
+    /// factors' parameters; `None` where the level does not apply (an N:M pattern whose
+    /// `m` does not divide the row, a rank that would not save parameters).
     pub fn kept(self, rows: usize, cols: usize) -> Option<u64> {
         let n = rows * cols;
         match self {
