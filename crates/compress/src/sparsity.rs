@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use serde::{Serialize, Serializer};
-use tersor_model::{LinearKind, LoadedModel, TensorNaming};
+use tersor_model::{LinearKind, LoadedModel};
 use tersor_prune::lowrank::{asvd, rank_for_ratio};
 use tersor_prune::pattern::zeros_for;
 use tersor_prune::sparsegpt::{sparsegpt, SparseGptConfig};
@@ -333,19 +333,7 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
 
     // Units, and each one's levels sorted by kept parameters (level 0 = the fewest, as
     // [`Problem`] wants); a level that keeps as many as a cheaper one is left out.
-    let mut units = Vec::new();
-    for l in 0..n_layers {
-        for kind in LinearKind::ALL {
-            let (rows, cols) = model.linear_weight(l, kind)?.dims2()?;
-            units.push(Unit {
-                name: TensorNaming::Gguf.linear(l, kind, "weight"),
-                what: UnitRef::Linear(l, kind),
-                rows,
-                cols,
-                kinds: Vec::new(),
-            });
-        }
-    }
+    let units = crate::units::block_linears(&model)?;
     let unit_levels: Vec<Vec<(ParamLevel, u64)>> = units
         .iter()
         .map(|u| {
@@ -509,18 +497,15 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     // It does not depend on the target.
     let t1 = Instant::now();
     let report = |done, total| progress(Event::UnitKl { done, total });
+    // Levels are sorted by kept parameters and deduplicated by them, so only level 0
+    // may keep nothing (`drop` sorts before `0:M`), and level 1 then keeps weights.
     let anchors: Vec<Vec<usize>> = unit_levels
         .iter()
-        .map(|lv| {
-            let drop = lv.iter().position(|&(l, _)| l == ParamLevel::Sparse(1.0));
-            let first_kept = lv.iter().position(|&(_, k)| k > 0).unwrap_or(0);
-            drop.into_iter()
-                .chain(std::iter::once(first_kept))
-                .collect::<Vec<_>>()
-        })
-        .map(|mut a| {
-            a.dedup();
-            a
+        .map(|lv| match lv[0] {
+            (ParamLevel::Sparse(s), _) if s >= 1.0 => vec![0, 1],
+            // An N:M level keeping nothing (`0:4`) is scaled from level 1 instead.
+            (_, 0) => vec![1],
+            _ => vec![0],
         })
         .collect();
     let table = eval.unit_table_anchored(0, &output_errors, &anchors, &report)?;
@@ -684,10 +669,14 @@ fn search_target(
         // linears counted from their factors' shapes.
         let m = eval.model(&a.iter().map(|&l| Some(l)).collect::<Vec<_>>())?;
         let (mut zeros, mut factored, mut factor_params) = (0u64, 0usize, 0u64);
+        // What factored linears save: their dense parameters less their factors'.
+        let mut factor_saving = 0u64;
         for (u, unit) in units.iter().enumerate() {
             if let Some((fa, fb)) = &c.factors[u][a[u] as usize] {
+                let p = (fa.elem_count() + fb.elem_count()) as u64;
                 factored += 1;
-                factor_params += (fa.elem_count() + fb.elem_count()) as u64;
+                factor_params += p;
+                factor_saving += unit.params() - p;
                 continue;
             }
             let UnitRef::Linear(l, k) = unit.what else {
@@ -696,13 +685,7 @@ fn search_target(
             let w = m.linear_weight(l, k)?.flatten_all()?.to_vec1::<f32>()?;
             zeros += w.iter().filter(|&&x| x == 0.0).count() as u64;
         }
-        let factored_dense: u64 = units
-            .iter()
-            .enumerate()
-            .filter(|(u, _)| c.factors[*u][a[*u] as usize].is_some())
-            .map(|(_, unit)| unit.params())
-            .sum();
-        let removed = zeros + factored_dense - factor_params;
+        let removed = zeros + factor_saving;
         methods.push(SparsityMethod {
             name: name.clone(),
             sparsity: removed as f64 / c.linear_params as f64,

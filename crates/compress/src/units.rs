@@ -155,6 +155,26 @@ pub fn units(model: &Llama, format: Format, levels: Option<&[LevelKind]>) -> Res
     Ok(out)
 }
 
+/// Every block linear of `model` as a unit without level kinds (jobs whose levels are
+/// not format types: sparsity, low rank), in block order, `LinearKind::ALL` within a
+/// block.
+pub fn block_linears(model: &Llama) -> Result<Vec<Unit>> {
+    let mut out = Vec::with_capacity(model.n_layers() * LinearKind::ALL.len());
+    for l in 0..model.n_layers() {
+        for kind in LinearKind::ALL {
+            let (rows, cols) = model.linear_weight(l, kind)?.dims2()?;
+            out.push(Unit {
+                name: TensorNaming::Gguf.linear(l, kind, "weight"),
+                what: UnitRef::Linear(l, kind),
+                rows,
+                cols,
+                kinds: Vec::new(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -378,8 +378,7 @@ fn nm_ladder_keeps_every_linear_on_its_pattern() {
 fn anchored_table_measures_its_anchors_and_scales_the_rest() {
     use candle_core::Tensor;
     use tersor_compress::fitness::Evaluator;
-    use tersor_compress::units::{Unit, UnitRef};
-    use tersor_model::TensorNaming;
+    use tersor_compress::units::{block_linears, UnitRef};
 
     let dir = TempDir::new("sparsity-anchored");
     let path = dir.path().join("m.gguf");
@@ -406,26 +405,20 @@ fn anchored_table_measures_its_anchors_and_scales_the_rest() {
         .iter()
         .map(|&c| f64::from((1.0 - c) * (1.0 - c)))
         .collect();
-    let (mut units, mut weights) = (Vec::new(), Vec::new());
-    for l in 0..2 {
-        for kind in LinearKind::ALL {
-            let w = model.linear_weight(l, kind).unwrap().clone();
-            let (rows, cols) = w.dims2().unwrap();
-            units.push(Unit {
-                name: TensorNaming::Gguf.linear(l, kind, "weight"),
-                what: UnitRef::Linear(l, kind),
-                rows,
-                cols,
-                kinds: Vec::new(),
-            });
-            weights.push(
-                scales
-                    .iter()
-                    .map(|&c| (&w * f64::from(c)).unwrap())
-                    .collect::<Vec<Tensor>>(),
-            );
-        }
-    }
+    let units = block_linears(&model).unwrap();
+    let weights: Vec<Vec<Tensor>> = units
+        .iter()
+        .map(|u| {
+            let UnitRef::Linear(l, kind) = u.what else {
+                unreachable!("block linears")
+            };
+            let w = model.linear_weight(l, kind).unwrap();
+            scales
+                .iter()
+                .map(|&c| (w * f64::from(c)).unwrap())
+                .collect()
+        })
+        .collect();
     let n = units.len();
     let eval = Evaluator::from_levels(model, units, weights, windows, vec![2], 1, None).unwrap();
     let exact = eval.unit_table(0, &|_, _| {}).unwrap();
