@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tersor_compress::sparsity::{ParamLevel, SparsityOptions};
+use tersor_compress::sparsity::{Budget as SparsityBudget, ParamLevel, SparsityOptions};
 use tersor_compress::{
     Budget, CompressOptions, DbInputs, Event, Format, SearchOptions, UnitErrors,
 };
@@ -21,8 +21,11 @@ pub struct CompressArgs {
     #[arg(value_name = "MODEL")]
     model: Option<PathBuf>,
 
-    /// Output family: gguf (the budget is the whole file; the default) or gptq (a GPTQ
-    /// checkpoint directory; the budget counts the blocks' linear layers).
+    /// Output family: gguf (the budget is the whole file; the default), gptq (a GPTQ
+    /// checkpoint directory; the budget counts the blocks' linear layers) or dense (a
+    /// Hugging Face directory holding each level's values densely; --levels mixes
+    /// sparsity, N:M, low rank and drop with GPTQ grids, like 0.5+gptq:4:g128, and the
+    /// budget counts the linears' payload: kept values, masks, scales, factors).
     #[arg(long, value_name = "FORMAT")]
     format: Option<String>,
 
@@ -63,7 +66,8 @@ pub struct CompressArgs {
 
     /// Level kinds, comma-separated (default: Q4_0,IQ4_NL,Q5_0,Q8_0 on 32-block rows and
     /// Q2_K..Q6_K,Q8_0 on 256-multiple rows; gptq: gptq:{2,3,4,8}:g{32,64,128};
-    /// with --target-sparsity: sparsities 0,0.1,...,0.9, and lowrank:R or drop levels).
+    /// with --target-sparsity: sparsities 0,0.1,...,0.9, and lowrank:R or drop levels;
+    /// dense: gptq:3:g128,gptq:4:g128 and 0.5/0.6/0.7+gptq:4:g128).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     levels: Vec<String>,
 
@@ -230,17 +234,40 @@ fn search_options(args: &CompressArgs) -> SearchOptions {
 }
 
 /// `--target-sparsity`: EvoPress over per-linear SparseGPT sparsities.
-fn run_sparsity(args: &CompressArgs, model: &std::path::Path) -> anyhow::Result<()> {
-    let fractions = args
-        .target_sparsity
-        .iter()
-        .map(|t| match t.trim().parse::<Pattern>() {
-            Ok(Pattern::Unstructured(s)) if s > 0.0 => Ok(s),
-            _ => bail!("--target-sparsity {t}: expected a fraction like 0.6 or 60%"),
-        })
-        .collect::<anyhow::Result<Vec<f64>>>()?;
+/// The default levels of `--format dense`: GPTQ at 3 and 4 bits and SparseGPT at 50, 60
+/// and 70 % jointly with 4-bit GPTQ (2:4 costs what 50 % does, and 25 % saves less than
+/// its mask costs).
+const DENSE_LEVELS: &str =
+    "gptq:3:g128,gptq:4:g128,0.5+gptq:4:g128,0.6+gptq:4:g128,0.7+gptq:4:g128";
+
+fn run_sparsity(
+    args: &CompressArgs,
+    model: &std::path::Path,
+    budget: SparsityBudget,
+) -> anyhow::Result<()> {
+    let fractions = match budget {
+        SparsityBudget::Sparsity => args
+            .target_sparsity
+            .iter()
+            .map(|t| match t.trim().parse::<Pattern>() {
+                Ok(Pattern::Unstructured(s)) if s > 0.0 => Ok(s),
+                _ => bail!("--target-sparsity {t}: expected a fraction like 0.6 or 60%"),
+            })
+            .collect::<anyhow::Result<Vec<f64>>>()?,
+        SparsityBudget::Bpw => match (args.target_bpw, &args.target_size) {
+            (Some(b), None) => vec![b],
+            _ => bail!("--format dense takes its budget as --target-bpw B (bits per weight of the block linears' payload)"),
+        },
+    };
+    let with = match budget {
+        SparsityBudget::Sparsity => "--target-sparsity",
+        SparsityBudget::Bpw => "--format dense",
+    };
     for (set, flag) in [
-        (args.format.is_some(), "--format"),
+        (
+            budget == SparsityBudget::Sparsity && args.format.is_some(),
+            "--format",
+        ),
         (args.db.is_some(), "--db"),
         (args.db_inputs.is_some(), "--db-inputs"),
         (args.resume, "--resume"),
@@ -248,29 +275,39 @@ fn run_sparsity(args: &CompressArgs, model: &std::path::Path) -> anyhow::Result<
         (args.emit_llama_quantize_args, "--emit-llama-quantize-args"),
     ] {
         if set {
-            bail!("{flag} does not apply to --target-sparsity (its output is a Hugging Face directory)");
+            bail!("{flag} does not apply to {with} (its output is a Hugging Face directory)");
         }
     }
-    let levels: Vec<ParamLevel> = if args.levels.is_empty() {
-        tersor_compress::sparsity::DEFAULT_LEVELS
+    let parse = |s: &str| {
+        s.parse::<ParamLevel>()
+            .map_err(|e| anyhow::anyhow!("--levels {s} (with {with}): {e}"))
+    };
+    let levels: Vec<ParamLevel> = match (args.levels.is_empty(), budget) {
+        (true, SparsityBudget::Sparsity) => tersor_compress::sparsity::DEFAULT_LEVELS
             .iter()
             .map(|&s| ParamLevel::Sparse(s))
-            .collect()
-    } else {
-        args.levels
+            .collect(),
+        (true, SparsityBudget::Bpw) => DENSE_LEVELS
+            .split(',')
+            .map(parse)
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        (false, _) => args
+            .levels
             .iter()
-            .map(|s| {
-                s.parse::<ParamLevel>()
-                    .map_err(|e| anyhow::anyhow!("--levels {s} (with --target-sparsity): {e}"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?
+            .map(|s| parse(s))
+            .collect::<anyhow::Result<Vec<_>>>()?,
     };
     let (calib, eval) = texts(args.calib.as_ref(), args.eval.as_ref(), args.eval_chunks)?;
     let stem = model
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "model".into());
-    let name = |t: f64| PathBuf::from(format!("{stem}.tersor-sparse{}", (t * 100.0).round()));
+    let name = |t: f64| match budget {
+        SparsityBudget::Sparsity => {
+            PathBuf::from(format!("{stem}.tersor-sparse{}", (t * 100.0).round()))
+        }
+        SparsityBudget::Bpw => PathBuf::from(format!("{stem}.tersor-dense{t}bpw")),
+    };
     let targets: Vec<(f64, Option<PathBuf>)> = match (&args.output, fractions.as_slice()) {
         (Some(o), [t]) => vec![(*t, Some(o.clone()))],
         (Some(dir), ts) => {
@@ -284,6 +321,7 @@ fn run_sparsity(args: &CompressArgs, model: &std::path::Path) -> anyhow::Result<
         input: model.to_path_buf(),
         targets,
         levels,
+        budget,
         calib: CalibConfig {
             path: calib,
             max_tokens: args.calib_tokens,
@@ -324,21 +362,28 @@ fn run_sparsity(args: &CompressArgs, model: &std::path::Path) -> anyhow::Result<
         if let Some(o) = &t.output {
             println!("wrote {}", o.display());
         }
+        match t.zeros_required {
+            Some(z) => println!(
+                "  target sparsity {:.4} ({z} zeros); EvoPress: {} generations",
+                t.target,
+                t.curve.len()
+            ),
+            None => println!(
+                "  target {:.4} bits per weight of the block linears ({} bits); EvoPress: {} generations",
+                t.target,
+                t.budget_units,
+                t.curve.len()
+            ),
+        }
         println!(
-            "  target sparsity {:.4} ({} zeros); EvoPress: {} generations",
-            t.target,
-            t.zeros_required,
-            t.curve.len()
-        );
-        println!(
-            "  {:<16} {:>10} {:>9} {:>12} {:>10} {:>10}",
-            "method", "sparsity", "factored", "calib KL", "PPL", "KL"
+            "  {:<16} {:>10} {:>8} {:>9} {:>12} {:>10} {:>10}",
+            "method", "sparsity", "bpw", "factored", "calib KL", "PPL", "KL"
         );
         for m in &t.methods {
             let (ppl, kl) = eval_cells(m.eval.as_ref());
             println!(
-                "  {:<16} {:>10.4} {:>9} {:>12.5} {:>10} {:>10}",
-                m.name, m.sparsity, m.factored, m.fitness, ppl, kl
+                "  {:<16} {:>10.4} {:>8.4} {:>9} {:>12.5} {:>10} {:>10}",
+                m.name, m.sparsity, m.bpw, m.factored, m.fitness, ppl, kl
             );
         }
     }
@@ -431,12 +476,13 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
 pub fn run(args: Box<CompressArgs>) -> anyhow::Result<()> {
     let model = crate::model_or_default(args.model.clone())?;
     if !args.target_sparsity.is_empty() {
-        return run_sparsity(&args, &model);
+        return run_sparsity(&args, &model, SparsityBudget::Sparsity);
     }
     let format = match args.format.as_deref().unwrap_or("gguf") {
         "gguf" => Format::Gguf,
         "gptq" => Format::Gptq,
-        f => bail!("--format {f}: expected gguf or gptq"),
+        "dense" => return run_sparsity(&args, &model, SparsityBudget::Bpw),
+        f => bail!("--format {f}: expected gguf, gptq or dense"),
     };
     let budget = match (&args.target_size, args.target_bpw) {
         (Some(s), _) => Budget::Bytes(parse_size(s)?),

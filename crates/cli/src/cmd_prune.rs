@@ -52,6 +52,12 @@ pub struct PruneArgs {
     #[arg(long, default_value = "f16", value_name = "TYPE")]
     dtype: String,
 
+    /// SparseGPT jointly with GPTQ-grid quantization of the kept weights
+    /// (gptq:BITS[:gN|:pc][:asym], e.g. gptq:4:g128). The directory holds the decoded
+    /// values (exact in f16); the summary costs the kept values at BITS bits.
+    #[arg(long, value_name = "SPEC")]
+    quantize: Option<String>,
+
     /// Output directory (Hugging Face layout: config.json, model.safetensors, tokenizer).
     #[arg(long, short = 'o', value_name = "DIR")]
     output: PathBuf,
@@ -108,6 +114,13 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     opts.sparsegpt.damp_percent = args.damp;
     opts.sparsegpt.block_size = args.block_size;
     opts.dtype = dtype;
+    opts.quantize = match &args.quantize {
+        None => None,
+        Some(q) => match q.parse::<tersor_quantize::Target>()? {
+            tersor_quantize::Target::Gptq(g) => Some(g),
+            other => bail!("--quantize takes a GPTQ spec such as gptq:4:g128, not {other}"),
+        },
+    };
 
     let (bar, progress) = crate::block_job::progress(args.quiet);
     let report = tersor_quantize::prune::run(&opts, &progress)
@@ -126,7 +139,13 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         }
     };
     println!("wrote {}", summary.output.display());
-    println!("  method        {} at {}", summary.method, summary.pattern);
+    match &summary.quantize {
+        Some(q) => println!(
+            "  method        {} at {}, kept weights on {q}",
+            summary.method, summary.pattern
+        ),
+        None => println!("  method        {} at {}", summary.method, summary.pattern),
+    }
     println!(
         "  block linears {:.4} sparse ({} of {} weights are zero)",
         summary.linear_sparsity, summary.linear_zeros, summary.linear_params

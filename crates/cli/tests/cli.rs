@@ -404,6 +404,40 @@ fn compress_rejects_bad_budgets_and_options_before_any_work() {
             "--levels lowrank:1.5",
         ),
         (&["--target-sparsity", "0.95"][..], "is outside the levels"),
+        (
+            &[
+                "--target-sparsity",
+                "0.6",
+                "--levels",
+                "0.5,0.5+gptq:4:g128",
+            ][..],
+            "is costed in bits: use --format dense",
+        ),
+        // Payload budgets (--format dense): bits per weight only, levels checked, the
+        // target against what the levels reach.
+        (
+            &["--format", "dense", "--target-size", "60M"][..],
+            "--format dense takes its budget as --target-bpw",
+        ),
+        (
+            &[
+                "--format",
+                "dense",
+                "--target-bpw",
+                "3",
+                "--levels",
+                "drop+gptq:4:g128",
+            ][..],
+            "only a sparsity or an N:M pattern can be quantized",
+        ),
+        (
+            &["--format", "dense", "--target-bpw", "3", "--resume"][..],
+            "--resume does not apply to --format dense",
+        ),
+        (
+            &["--format", "dense", "--target-bpw", "1.5"][..],
+            "reach 2.369 to 4.169 bits per weight",
+        ),
     ] {
         let mut a = vec!["compress", "-o", s(&sparse), "-q"];
         a.extend_from_slice(args);
@@ -573,6 +607,21 @@ fn prune_default_lm_to_two_of_four() {
         (
             vec!["--pattern", "2:4", "--method", "obs"],
             "unknown pruning method",
+        ),
+        (
+            vec!["--sparsity", "0.5", "--quantize", "Q4_0"],
+            "--quantize takes a GPTQ spec",
+        ),
+        (
+            vec![
+                "--sparsity",
+                "0.5",
+                "--quantize",
+                "gptq:4:g128",
+                "--method",
+                "wanda",
+            ],
+            "needs --method sparsegpt",
         ),
         (vec!["lowrank", "--ratio", "0"], "outside (0, 1]"),
         (

@@ -30,6 +30,14 @@
 //! `down_proj` skips its sublayer).
 //! Each linear's levels are sorted by kept parameters, whatever their kind, so a level
 //! switch may trade sparsity in one linear for rank in another.
+//!
+//! Mixed with bit-widths ([`Budget::Bpw`]): levels may also be SparseGPT jointly with
+//! GPTQ-grid quantization of the kept weights (`0.5+gptq:4:g128`, `2:4+gptq:4:g128`,
+//! or `gptq:3:g128` = GPTQ alone). Then every level is costed by its payload in bits (the
+//! kept values at the grid's bits or f16, a bitmask or N:M indices where that is smaller
+//! than dense, each group's fp16 scale and zero point, a factored linear's f16 factors)
+//! and the budget is bits per weight of the block linears. The written directory holds
+//! the levels' values densely (the grid's values are exact in f16).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -41,10 +49,12 @@ use serde::{Serialize, Serializer};
 use tersor_model::{LinearKind, LoadedModel};
 use tersor_prune::lowrank::{asvd, rank_for_ratio};
 use tersor_prune::pattern::zeros_for;
+use tersor_prune::sparsegpt::sparsegpt_quantized;
 use tersor_prune::sparsegpt::{sparsegpt, SparseGptConfig};
 use tersor_prune::Pattern;
-use tersor_quantize::prune::FloatDtype;
-use tersor_quantize::{CalibConfig, Calibration, Collector, Site};
+use tersor_quant::gptq_grid::GptqFormatGrid;
+use tersor_quantize::prune::{sparse_bits, FloatDtype};
+use tersor_quantize::{CalibConfig, Calibration, Collector, GptqSpec, Site, Target};
 use tersor_search::{Assignment, Fitness, GenerationRecord, Problem};
 
 use crate::fitness::Evaluator;
@@ -68,6 +78,19 @@ pub enum ParamLevel {
     /// Activation-aware SVD (SVD-LLM whitening) at the largest rank whose two factors
     /// hold at most this fraction of the linear's parameters; written as the factors.
     LowRank(f64),
+    /// SparseGPT at `pattern` jointly with quantization of the kept weights onto `grid`
+    /// (at sparsity 0: GPTQ). Costed in bits, so only under [`Budget::Bpw`].
+    Quantized { pattern: Pattern, grid: GptqSpec },
+}
+
+/// What a target counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Budget {
+    /// The share of the block linears' parameters removed; levels cost kept parameters.
+    Sparsity,
+    /// Bits per weight of the block linears' payload; levels cost bits.
+    Bpw,
 }
 
 /// Kinds of [`ParamLevel`], each with its own uniform baseline.
@@ -76,6 +99,7 @@ pub enum Family {
     Unstructured,
     NM,
     LowRank,
+    Quantized,
 }
 
 impl Family {
@@ -85,6 +109,7 @@ impl Family {
             Family::Unstructured => "uniform",
             Family::NM => "uniform-nm",
             Family::LowRank => "uniform-lowrank",
+            Family::Quantized => "uniform-quantized",
         }
     }
 }
@@ -95,6 +120,7 @@ impl ParamLevel {
             ParamLevel::Sparse(_) => Family::Unstructured,
             ParamLevel::NM { .. } => Family::NM,
             ParamLevel::LowRank(_) => Family::LowRank,
+            ParamLevel::Quantized { .. } => Family::Quantized,
         }
     }
 
@@ -104,6 +130,7 @@ impl ParamLevel {
             ParamLevel::Sparse(s) => s,
             ParamLevel::NM { n, m } => (m - n) as f64 / m as f64,
             ParamLevel::LowRank(r) => 1.0 - r,
+            ParamLevel::Quantized { pattern, .. } => pattern.sparsity(),
         }
     }
 
@@ -119,6 +146,40 @@ impl ParamLevel {
                 let k = rank_for_ratio(rows, cols, r);
                 (k * (rows + cols) < n).then_some((k * (rows + cols)) as u64)
             }
+            ParamLevel::Quantized { pattern, .. } => match pattern {
+                Pattern::Unstructured(s) => ParamLevel::Sparse(s).kept(rows, cols),
+                Pattern::NM { n, m } => ParamLevel::NM { n, m }.kept(rows, cols),
+            },
+        }
+    }
+
+    /// Bits of a `[rows, cols]` linear's payload at this level: the kept values (f16, or
+    /// the grid's bits) with a bitmask or N:M indices where that is smaller than dense
+    /// (`tersor prune`'s sparse cost), plus a quantized level's fp16 scale and
+    /// `bits`-bit zero point per group; a factored linear's f16 factors; 0 for `drop`.
+    /// `None` where the level does not apply.
+    pub fn bits(self, rows: usize, cols: usize) -> Option<u64> {
+        let n = (rows * cols) as u64;
+        let kept = self.kept(rows, cols)?;
+        Some(match self {
+            // A dropped linear needs no mask.
+            _ if kept == 0 => 0,
+            ParamLevel::Sparse(s) => sparse_bits(n, n - kept, Pattern::Unstructured(s), 16),
+            ParamLevel::NM { n: k, m } => sparse_bits(n, n - kept, Pattern::NM { n: k, m }, 16),
+            ParamLevel::LowRank(_) => kept * 16,
+            ParamLevel::Quantized { pattern, grid } => {
+                let b = u64::from(grid.bits);
+                let groups = (rows * cols.div_ceil(grid.group_size.unwrap_or(cols))) as u64;
+                sparse_bits(n, n - kept, pattern, b) + groups * (16 + b)
+            }
+        })
+    }
+
+    /// What this level costs under `budget`.
+    pub fn cost(self, rows: usize, cols: usize, budget: Budget) -> Option<u64> {
+        match budget {
+            Budget::Sparsity => self.kept(rows, cols),
+            Budget::Bpw => self.bits(rows, cols),
         }
     }
 }
@@ -130,6 +191,11 @@ impl fmt::Display for ParamLevel {
             ParamLevel::Sparse(s) => write!(f, "{s}"),
             ParamLevel::NM { n, m } => write!(f, "{n}:{m}"),
             ParamLevel::LowRank(r) => write!(f, "lowrank:{r}"),
+            ParamLevel::Quantized {
+                pattern: Pattern::Unstructured(s),
+                grid,
+            } if *s == 0.0 => write!(f, "{grid}"),
+            ParamLevel::Quantized { pattern, grid } => write!(f, "{pattern}+{grid}"),
         }
     }
 }
@@ -138,9 +204,37 @@ impl FromStr for ParamLevel {
     type Err = String;
 
     /// `0.5` / `50%` (sparsity), `2:4` (N:M), `lowrank:0.6` (factors holding 60 % of
-    /// the parameters), `drop` (the linear removed).
+    /// the parameters), `drop` (the linear removed); `0.5+gptq:4:g128` / `2:4+gptq:4:g128`
+    /// (SparseGPT jointly with quantization of the kept weights), `gptq:3:g128` (GPTQ).
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let s = s.trim();
+        if let Some(at) = s.find("gptq:") {
+            let base = s[..at].trim();
+            let base = match base.strip_suffix('+') {
+                Some(b) => b.parse::<ParamLevel>()?,
+                None if base.is_empty() => ParamLevel::Sparse(0.0),
+                None => {
+                    return Err(format!(
+                        "`{s}`: expected PATTERN+gptq:…, like 0.5+gptq:4:g128"
+                    ))
+                }
+            };
+            let pattern = match base {
+                ParamLevel::Sparse(x) if x < 1.0 => Pattern::Unstructured(x),
+                ParamLevel::NM { n, m } => Pattern::NM { n, m },
+                _ => {
+                    return Err(format!(
+                        "`{s}`: only a sparsity or an N:M pattern can be quantized"
+                    ))
+                }
+            };
+            let grid = match s[at..].parse::<Target>() {
+                Ok(Target::Gptq(g)) if !g.act_order => g,
+                Ok(_) => return Err(format!("`{s}`: act-order is not supported with pruning")),
+                Err(e) => return Err(format!("`{s}`: {e}")),
+            };
+            return Ok(ParamLevel::Quantized { pattern, grid });
+        }
         let frac = |x: &str| -> Option<f64> {
             match x.strip_suffix('%') {
                 Some(p) => p.trim().parse::<f64>().ok().map(|v| v / 100.0),
@@ -194,6 +288,8 @@ pub struct SparsityOptions {
     pub targets: Vec<(f64, Option<PathBuf>)>,
     /// Levels each linear may take (sorted, deduplicated here).
     pub levels: Vec<ParamLevel>,
+    /// What the targets count.
+    pub budget: Budget,
     pub calib: CalibConfig,
     pub sparsegpt: SparseGptConfig,
     pub search: SearchOptions,
@@ -207,6 +303,9 @@ pub struct SparsityOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct SparsityMethod {
     pub name: String,
+    /// Bits of the block linears' payload at the chosen levels over their parameters
+    /// ([`ParamLevel::bits`]).
+    pub bpw: f64,
     /// Parameters removed over the block linears' parameters (zeros, a dropped linear's
     /// weights, and what factored linears save).
     pub sparsity: f64,
@@ -226,6 +325,7 @@ pub struct SparsityMethod {
 #[derive(Clone, Debug, Serialize)]
 pub struct SparsityReport {
     pub input: PathBuf,
+    pub budget: Budget,
     /// The ladder, most parameters removed first.
     pub levels: Vec<ParamLevel>,
     /// The block linears, `blk.L.attn_q.weight` …, and their parameters.
@@ -244,8 +344,11 @@ pub struct SparsityReport {
 pub struct TargetReport {
     pub target: f64,
     pub output: Option<PathBuf>,
-    /// Weights that must be removed (the target applied to every linear).
-    pub zeros_required: u64,
+    /// Weights that must be removed (the target applied to every linear); `None` under
+    /// a bits budget.
+    pub zeros_required: Option<u64>,
+    /// The budget in the levels' cost unit (kept parameters, or bits).
+    pub budget_units: u64,
     pub curve: Vec<GenerationRecord>,
     pub methods: Vec<SparsityMethod>,
     /// Fraction of the parameters of each block (all seven linears) the EvoPress
@@ -259,21 +362,43 @@ pub struct TargetReport {
 /// The ladder sorted by decreasing removal (sparsity levels before low-rank ones at
 /// equal removal), checked: every target must lie within the removals of one kind's
 /// levels, the uniform baseline of that kind.
-fn ladder(levels: &[ParamLevel], targets: &[f64]) -> Result<Vec<ParamLevel>> {
+fn ladder(levels: &[ParamLevel], targets: &[f64], budget: Budget) -> Result<Vec<ParamLevel>> {
+    let flag = match budget {
+        Budget::Sparsity => "--target-sparsity",
+        Budget::Bpw => "--target-bpw",
+    };
     if targets.is_empty() {
-        return Err(CompressError::Usage(
-            "--target-sparsity: no target given".into(),
-        ));
+        return Err(CompressError::Usage(format!("{flag}: no target given")));
     }
-    if let Some(t) = targets.iter().find(|t| !(**t > 0.0 && **t < 1.0)) {
-        return Err(CompressError::Usage(format!(
-            "--target-sparsity {t}: expected a fraction between 0 and 1 (exclusive)"
-        )));
+    match budget {
+        Budget::Sparsity => {
+            if let Some(t) = targets.iter().find(|t| !(**t > 0.0 && **t < 1.0)) {
+                return Err(CompressError::Usage(format!(
+                    "--target-sparsity {t}: expected a fraction between 0 and 1 (exclusive)"
+                )));
+            }
+            if let Some(q) = levels.iter().find(|l| l.family() == Family::Quantized) {
+                return Err(CompressError::Usage(format!(
+                    "level {q} is costed in bits: use --format dense --target-bpw B"
+                )));
+            }
+        }
+        Budget::Bpw => {
+            if let Some(t) = targets.iter().find(|t| !(t.is_finite() && **t > 0.0)) {
+                return Err(CompressError::Usage(format!(
+                    "--target-bpw {t}: expected a positive number of bits"
+                )));
+            }
+        }
     }
     if let Some(bad) = levels.iter().find(|l| match l {
         ParamLevel::Sparse(s) => !(*s >= 0.0 && *s <= 1.0),
         ParamLevel::NM { n, m } => n >= m,
         ParamLevel::LowRank(r) => !(*r > 0.0 && *r < 1.0),
+        ParamLevel::Quantized { pattern, .. } => match pattern {
+            Pattern::Unstructured(s) => !(*s >= 0.0 && *s < 1.0),
+            Pattern::NM { n, m } => n >= m,
+        },
     }) {
         return Err(CompressError::Usage(format!(
             "level {bad}: expected a sparsity 0 <= s <= 1, an N:M pattern with N < M or a \
@@ -287,7 +412,9 @@ fn ladder(levels: &[ParamLevel], targets: &[f64]) -> Result<Vec<ParamLevel>> {
             .then(a.family().cmp(&b.family()))
     });
     l.dedup();
-    for &target in targets {
+    // A bits budget is checked against the model's achievable range once the linears'
+    // shapes are known.
+    for &target in targets.iter().filter(|_| budget == Budget::Sparsity) {
         if uniform_kinds(&l, target).is_empty() {
             return Err(CompressError::Usage(format!(
                 "--target-sparsity {target} is outside the levels {}: the sparsity levels \
@@ -320,7 +447,7 @@ fn uniform_kinds(levels: &[ParamLevel], target: f64) -> Vec<Family> {
 /// Runs the job: level database, baselines, EvoPress, evaluation and the written model.
 pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<SparsityReport> {
     let target_list: Vec<f64> = opts.targets.iter().map(|t| t.0).collect();
-    let levels = ladder(&opts.levels, &target_list)?;
+    let levels = ladder(&opts.levels, &target_list, opts.budget)?;
     let (model, tokenizer) = match tersor_model::load(&opts.input)? {
         LoadedModel::Decoder { model, tokenizer } => (model, tokenizer),
         LoadedModel::Encoder(_) => return Err(CompressError::Input {
@@ -331,15 +458,16 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     };
     let n_layers = model.n_layers();
 
-    // Units, and each one's levels sorted by kept parameters (level 0 = the fewest, as
-    // [`Problem`] wants); a level that keeps as many as a cheaper one is left out.
+    // Units, and each one's levels sorted by cost (kept parameters or bits; level 0 =
+    // the cheapest, as [`Problem`] wants); a level that costs as much as a cheaper one
+    // is left out.
     let units = crate::units::block_linears(&model)?;
     let unit_levels: Vec<Vec<(ParamLevel, u64)>> = units
         .iter()
         .map(|u| {
             let mut v: Vec<(ParamLevel, u64)> = levels
                 .iter()
-                .filter_map(|&lv| lv.kept(u.rows, u.cols).map(|k| (lv, k)))
+                .filter_map(|&lv| lv.cost(u.rows, u.cols, opts.budget).map(|k| (lv, k)))
                 .collect();
             // `levels` is most-removed first, so a stable sort keeps sparsity before
             // low rank at equal cost.
@@ -368,6 +496,37 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
         )));
     }
     let linear_params: u64 = units.iter().map(|u| u.params()).sum();
+    let budgets: Vec<u64> = match opts.budget {
+        // The kept weights of the target sparsity applied to every linear.
+        Budget::Sparsity => target_list
+            .iter()
+            .map(|&t| {
+                units
+                    .iter()
+                    .map(|u| (u.params() as usize - zeros_for(u.params() as usize, t)) as u64)
+                    .sum()
+            })
+            .collect(),
+        Budget::Bpw => {
+            let bpw = |f: fn(&[(ParamLevel, u64)]) -> u64| {
+                unit_levels.iter().map(|l| f(l)).sum::<u64>() as f64 / linear_params as f64
+            };
+            let (lo, hi) = (bpw(|l| l[0].1), bpw(|l| l[l.len() - 1].1));
+            target_list
+                .iter()
+                .map(|&t| {
+                    let b = (t * linear_params as f64).floor() as u64;
+                    if t < lo || t > hi {
+                        return Err(CompressError::Usage(format!(
+                            "--target-bpw {t}: the levels {} reach {lo:.3} to {hi:.3} bits per weight of the block linears",
+                            levels.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+                        )));
+                    }
+                    Ok(b)
+                })
+                .collect::<Result<Vec<u64>>>()?
+        }
+    };
 
     // Level database: SparseGPT and ASVD on the reference's activations, block by block.
     let t0 = Instant::now();
@@ -440,6 +599,25 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
                             u.cols,
                             xtx,
                             Pattern::NM { n, m },
+                            &opts.sparsegpt,
+                        )
+                        .map_err(layer_err)?;
+                        (p.weights, None)
+                    }
+                    ParamLevel::Quantized { pattern, grid } => {
+                        let g = GptqFormatGrid::new(
+                            grid.bits,
+                            grid.group_size.unwrap_or(u.cols),
+                            grid.sym,
+                        )
+                        .map_err(|e| CompressError::Usage(format!("level {level}: {e}")))?;
+                        let (p, _) = sparsegpt_quantized(
+                            &w,
+                            u.rows,
+                            u.cols,
+                            xtx,
+                            pattern,
+                            &g,
                             &opts.sparsegpt,
                         )
                         .map_err(layer_err)?;
@@ -523,14 +701,10 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
         table: &table,
         linear_params,
         last_stage: stage_windows.len() - 1,
+        budget: opts.budget,
     };
     let mut targets = Vec::new();
-    for (target, output) in &opts.targets {
-        // The kept weights of the target sparsity applied to every linear.
-        let budget: u64 = units
-            .iter()
-            .map(|u| (u.params() as usize - zeros_for(u.params() as usize, *target)) as u64)
-            .sum();
+    for ((target, output), &budget) in opts.targets.iter().zip(&budgets) {
         let problem = Problem::new(search_units.clone(), 0, budget)?;
         targets.push(search_target(
             opts, &ctx, &problem, *target, output, progress,
@@ -538,6 +712,7 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     }
     Ok(SparsityReport {
         input: opts.input.clone(),
+        budget: opts.budget,
         levels: levels.clone(),
         units: units.iter().map(|u| (u.name.clone(), u.params())).collect(),
         linear_params,
@@ -564,6 +739,7 @@ struct TargetCtx<'a> {
     table: &'a [Vec<f64>],
     linear_params: u64,
     last_stage: usize,
+    budget: Budget,
 }
 
 /// Uniform over one family of levels: every linear at the level of that family
@@ -604,6 +780,48 @@ fn uniform(c: &TargetCtx<'_>, problem: &Problem, target: f64, family: Family) ->
     }
 }
 
+/// Uniform under a bits budget: every linear at the costliest single level that fits
+/// when every linear takes it, then raised, in unit order, to the next level on the same
+/// grid (or the next unquantized one) while the budget allows. `None` when no level
+/// applies to every linear within the budget.
+fn uniform_bits(c: &TargetCtx<'_>, problem: &Problem) -> Option<Assignment> {
+    let at = |lv: ParamLevel| -> Option<Assignment> {
+        c.unit_levels
+            .iter()
+            .map(|ul| ul.iter().position(|(l, _)| *l == lv).map(|i| i as u16))
+            .collect()
+    };
+    let (level, mut a) = c
+        .levels
+        .iter()
+        .filter_map(|&lv| at(lv).map(|a| (lv, a)))
+        .filter(|(_, a)| problem.fits(a))
+        .max_by_key(|(_, a)| problem.cost(a))?;
+    let grid = |l: &ParamLevel| match l {
+        ParamLevel::Quantized { grid, .. } => Some(*grid),
+        _ => None,
+    };
+    let same_kind = |l: &ParamLevel| grid(l) == grid(&level);
+    let mut cost = problem.cost(&a);
+    loop {
+        let mut raised = false;
+        for (u, lv) in c.unit_levels.iter().enumerate() {
+            let cur = a[u] as usize;
+            if let Some(next) = (cur + 1..lv.len()).find(|&i| same_kind(&lv[i].0)) {
+                let extra = lv[next].1 - lv[cur].1;
+                if cost + extra <= problem.budget {
+                    a[u] = next as u16;
+                    cost += extra;
+                    raised = true;
+                }
+            }
+        }
+        if !raised {
+            return Some(a);
+        }
+    }
+}
+
 /// Baselines, EvoPress, evaluation and the written model for one target.
 fn search_target(
     opts: &SparsityOptions,
@@ -620,7 +838,15 @@ fn search_target(
     // minimises the summed per-linear errors.
     let t1 = Instant::now();
     let mut allocs: Vec<(String, Assignment)> = Vec::new();
-    for family in uniform_kinds(c.levels, target) {
+    if c.budget == Budget::Bpw {
+        if let Some(a) = uniform_bits(c, problem) {
+            allocs.push(("uniform".into(), a));
+        }
+    }
+    for family in uniform_kinds(c.levels, target)
+        .into_iter()
+        .filter(|_| c.budget == Budget::Sparsity)
+    {
         let a = uniform(c, problem, target, family);
         if !problem.fits(&a) {
             return Err(CompressError::Invariant(format!(
@@ -686,8 +912,20 @@ fn search_target(
             zeros += w.iter().filter(|&&x| x == 0.0).count() as u64;
         }
         let removed = zeros + factor_saving;
+        let bits: u64 = a
+            .iter()
+            .enumerate()
+            .map(|(u, &l)| {
+                let unit = &units[u];
+                c.unit_levels[u][l as usize]
+                    .0
+                    .bits(unit.rows, unit.cols)
+                    .expect("a unit's levels apply to it")
+            })
+            .sum();
         methods.push(SparsityMethod {
             name: name.clone(),
+            bpw: bits as f64 / c.linear_params as f64,
             sparsity: removed as f64 / c.linear_params as f64,
             zeros,
             factored,
@@ -725,10 +963,11 @@ fn search_target(
                     .zip(ls)
                     .enumerate()
                     .fold((0u64, 0u64), |(k, p), (i, (u, &l))| {
-                        (
-                            k + c.unit_levels[b * per_block + i][l as usize].1,
-                            p + u.params(),
-                        )
+                        let level = c.unit_levels[b * per_block + i][l as usize].0;
+                        let kept = level
+                            .kept(u.rows, u.cols)
+                            .expect("the unit's level applies");
+                        (k + kept, p + u.params())
                     });
             1.0 - kept as f64 / p as f64
         })
@@ -736,7 +975,8 @@ fn search_target(
     Ok(TargetReport {
         target,
         output: output.clone(),
-        zeros_required: c.linear_params - problem.budget,
+        zeros_required: (c.budget == Budget::Sparsity).then(|| c.linear_params - problem.budget),
+        budget_units: problem.budget,
         curve: state.curve,
         methods,
         evopress_block_sparsity,
@@ -756,24 +996,24 @@ mod tests {
 
     #[test]
     fn ladder_is_sorted_most_removed_first_and_must_bracket_the_target() {
-        let l = ladder(&sp(&[0.5, 0.0, 0.9, 0.5]), &[0.6]).unwrap();
+        let l = ladder(&sp(&[0.5, 0.0, 0.9, 0.5]), &[0.6], Budget::Sparsity).unwrap();
         assert_eq!(l, sp(&[0.9, 0.5, 0.0]));
-        assert!(ladder(&sp(&[0.1, 0.2]), &[0.6]).is_err());
-        assert!(ladder(&sp(&[0.7, 0.8]), &[0.6]).is_err());
-        assert!(ladder(&sp(&[0.5, 0.8]), &[0.6, 0.9]).is_err());
-        assert!(ladder(&sp(&[0.5, 1.5]), &[0.6]).is_err());
-        assert!(ladder(&sp(&DEFAULT_LEVELS), &[0.0]).is_err());
-        assert!(ladder(&sp(&DEFAULT_LEVELS), &[f64::NAN]).is_err());
-        assert!(ladder(&sp(&DEFAULT_LEVELS), &[]).is_err());
+        assert!(ladder(&sp(&[0.1, 0.2]), &[0.6], Budget::Sparsity).is_err());
+        assert!(ladder(&sp(&[0.7, 0.8]), &[0.6], Budget::Sparsity).is_err());
+        assert!(ladder(&sp(&[0.5, 0.8]), &[0.6, 0.9], Budget::Sparsity).is_err());
+        assert!(ladder(&sp(&[0.5, 1.5]), &[0.6], Budget::Sparsity).is_err());
+        assert!(ladder(&sp(&DEFAULT_LEVELS), &[0.0], Budget::Sparsity).is_err());
+        assert!(ladder(&sp(&DEFAULT_LEVELS), &[f64::NAN], Budget::Sparsity).is_err());
+        assert!(ladder(&sp(&DEFAULT_LEVELS), &[], Budget::Sparsity).is_err());
         // `drop` brackets from above; low-rank levels bracket on their own; at equal
         // removal sparsity comes first.
-        assert!(ladder(&sp(&[0.5, 1.0]), &[0.6]).is_ok());
+        assert!(ladder(&sp(&[0.5, 1.0]), &[0.6], Budget::Sparsity).is_ok());
         let mixed = [
             ParamLevel::LowRank(0.5),
             ParamLevel::Sparse(0.5),
             ParamLevel::LowRank(0.3),
         ];
-        let l = ladder(&mixed, &[0.6]).unwrap();
+        let l = ladder(&mixed, &[0.6], Budget::Sparsity).unwrap();
         assert_eq!(
             l,
             [
@@ -790,6 +1030,7 @@ mod tests {
         let nm = ladder(
             &["0", "3:4", "2:4", "1:4"].map(|s| s.parse().unwrap()),
             &[0.6],
+            Budget::Sparsity,
         )
         .unwrap();
         assert_eq!(nm[0], ParamLevel::NM { n: 1, m: 4 });
@@ -829,5 +1070,66 @@ mod tests {
         assert_eq!(ParamLevel::NM { n: 2, m: 8 }.kept(64, 100), None);
         // A rank that would not save parameters is no level.
         assert_eq!(ParamLevel::LowRank(0.99).kept(2, 2), None);
+    }
+
+    #[test]
+    fn quantized_levels_parse_print_and_cost_bits() {
+        let q = |s: &str| s.parse::<ParamLevel>().unwrap();
+        for s in [
+            "gptq:3:g128",
+            "0.5+gptq:4:g128",
+            "2:4+gptq:4:g32:asym",
+            "0.25+gptq:2:pc",
+        ] {
+            assert_eq!(q(s).to_string(), s);
+            assert_eq!(q(s).family(), Family::Quantized);
+        }
+        for bad in [
+            "drop+gptq:4:g128",
+            "lowrank:0.5+gptq:4",
+            "0.5gptq:4",
+            "gptq:4:g128:act",
+            "gptq:5",
+        ] {
+            assert!(bad.parse::<ParamLevel>().is_err(), "{bad}");
+        }
+        // [64, 128] = 8192 weights.
+        // f16 dense: 16 bits each; 50 %: 4096 values + an 8192-bit mask; drop: nothing.
+        assert_eq!(ParamLevel::Sparse(0.0).bits(64, 128), Some(8192 * 16));
+        assert_eq!(
+            ParamLevel::Sparse(0.5).bits(64, 128),
+            Some(4096 * 16 + 8192)
+        );
+        assert_eq!(ParamLevel::Sparse(1.0).bits(64, 128), Some(0));
+        // 2:4: 4096 values + 2 index bits each; factors: 4032 f16 values.
+        assert_eq!(ParamLevel::NM { n: 2, m: 4 }.bits(64, 128), Some(4096 * 18));
+        assert_eq!(ParamLevel::LowRank(0.5).bits(64, 128), Some(4032 * 16));
+        // GPTQ 3-bit in groups of 32: 3 bits each + 64 rows × 4 groups × (16 + 3).
+        assert_eq!(q("gptq:3:g32").bits(64, 128), Some(8192 * 3 + 256 * 19));
+        // 50 % at 4 bits: 4096 × 4 + the mask (cheaper than 8192 × 4 dense) + groups.
+        assert_eq!(
+            q("0.5+gptq:4:g32").bits(64, 128),
+            Some(4096 * 4 + 8192 + 256 * 20)
+        );
+        // 25 % at 2 bits: the mask costs more than it saves, so dense; per channel.
+        assert_eq!(q("0.25+gptq:2:pc").bits(64, 128), Some(8192 * 2 + 64 * 18));
+        assert_eq!(
+            q("0.5+gptq:4:g32").cost(64, 128, Budget::Sparsity),
+            Some(4096)
+        );
+        // Quantized levels need a bits budget; a bits budget takes any positive target.
+        assert!(ladder(
+            &[q("gptq:3:g128"), ParamLevel::Sparse(0.5)],
+            &[0.6],
+            Budget::Sparsity
+        )
+        .is_err());
+        assert!(ladder(
+            &[q("gptq:3:g128"), ParamLevel::Sparse(0.5)],
+            &[3.0],
+            Budget::Bpw
+        )
+        .is_ok());
+        assert!(ladder(&[q("gptq:3:g128")], &[0.0], Budget::Bpw).is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! on the weights, uniform puts every linear at the target, EvoPress never ends worse
 //! than the baseline it starts from, and the written directory holds the allocation.
 
-use tersor_compress::sparsity::{self, ParamLevel, SparsityOptions};
+use tersor_compress::sparsity::{self, Budget, ParamLevel, SparsityOptions};
 use tersor_compress::SearchOptions;
 use tersor_model::{LinearKind, LoadedModel};
 use tersor_quantize::prune::FloatDtype;
@@ -45,6 +45,7 @@ fn setup(
         input: path,
         targets,
         levels,
+        budget: Budget::Sparsity,
         calib: CalibConfig {
             path: calib.clone(),
             max_tokens: 1024,
@@ -83,18 +84,23 @@ fn sparsity_search_meets_the_target_and_writes_its_allocation() {
     // q, o 64×64; k, v 32×64; gate, up, down 128×64; four blocks.
     let block = 2 * 64 * 64 + 2 * 32 * 64 + 3 * 128 * 64;
     assert_eq!(report.linear_params, 4 * block);
-    assert_eq!(r.zeros_required, 2 * block);
+    assert_eq!(r.zeros_required.unwrap(), 2 * block);
     assert_eq!(report.levels, sp(&[0.75, 0.5, 0.25, 0.0]));
     let names: Vec<&str> = r.methods.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["evopress", "uniform", "dp"]);
     for m in &r.methods {
         // Zeros are counted on the assembled weights: SparseGPT's exact counts make
         // every allocation remove at least the required weights.
-        assert!(m.zeros >= r.zeros_required, "{}: {} zeros", m.name, m.zeros);
+        assert!(
+            m.zeros >= r.zeros_required.unwrap(),
+            "{}: {} zeros",
+            m.name,
+            m.zeros
+        );
         assert!(m.eval.as_ref().unwrap().kld_mean > 0.0, "{}", m.name);
     }
     let uniform = &r.methods[1];
-    assert_eq!(uniform.zeros, r.zeros_required);
+    assert_eq!(uniform.zeros, r.zeros_required.unwrap());
     assert!(uniform.levels.iter().all(|&s| s == ParamLevel::Sparse(0.5)));
     let start = r.methods[1].fitness.min(r.methods[2].fitness);
     assert!(
@@ -138,7 +144,7 @@ fn sparsity_search_meets_the_target_and_writes_its_allocation() {
     assert!(r30.output.is_none());
     for m in &r30.methods {
         assert!(
-            m.zeros >= r30.zeros_required,
+            m.zeros >= r30.zeros_required.unwrap(),
             "{}: {} zeros",
             m.name,
             m.zeros
@@ -193,7 +199,7 @@ fn mixed_levels_search_counts_parameters_and_writes_factors() {
     let r = &report.targets[0];
     let names: Vec<&str> = r.methods.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["evopress", "uniform", "uniform-lowrank", "dp"]);
-    let required = r.zeros_required as f64 / report.linear_params as f64;
+    let required = r.zeros_required.unwrap() as f64 / report.linear_params as f64;
     for m in &r.methods {
         assert!(
             m.sparsity >= required - 1e-12,
@@ -306,6 +312,149 @@ fn mixed_levels_search_counts_parameters_and_writes_factors() {
     );
 }
 
+/// Sparsity mixed with bit-widths under a bits budget: GPTQ levels and SparseGPT jointly
+/// with 4-bit GPTQ, costed by payload. Every method fits, uniform is the costliest
+/// single level that fits, EvoPress ends no worse than its start, and the written
+/// directory holds each linear on its level's pattern and grid with the search's KL.
+#[test]
+fn quantized_levels_mix_with_sparsity_under_a_bits_budget() {
+    let dir = TempDir::new("sparsity-bits");
+    let out = dir.path().join("mixed");
+    // Per weight on rows of 64: 2.5625 (2-bit), 3.3125 (2:4 + 4-bit g64: 2 value bits +
+    // 1 index bit + 20/64), 3.625 (50 % + 4-bit g32: 2 + 1 mask bit + 20/32), 4.625
+    // (4-bit g32), 16 (f16) and 0 (drop).
+    let levels = parse(&[
+        "gptq:2:g32",
+        "gptq:4:g32",
+        "0.5+gptq:4:g32",
+        "2:4+gptq:4:g64",
+        "drop",
+        "0",
+    ]);
+    let mut opts = setup(
+        &dir,
+        2,
+        13,
+        vec![(3.0, Some(out.clone()))],
+        levels,
+        (8, 5),
+        true,
+    );
+    opts.budget = Budget::Bpw;
+    let (path, calib) = (opts.input.clone(), opts.calib.path.clone());
+    let report = sparsity::run(&opts, &|_| {}).unwrap();
+    assert_eq!(report.budget, Budget::Bpw);
+    let r = &report.targets[0];
+    assert_eq!(r.zeros_required, None);
+    assert_eq!(r.budget_units, (3.0 * report.linear_params as f64) as u64);
+    let names: Vec<&str> = r.methods.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["evopress", "uniform", "dp"]);
+    let two_bit: ParamLevel = "gptq:2:g32".parse().unwrap();
+    assert!(r.methods[1].levels.iter().all(|l| *l == two_bit));
+    for m in &r.methods {
+        assert!(m.bpw <= 3.0, "{}: {} bpw", m.name, m.bpw);
+    }
+    let evo = &r.methods[0];
+    let start = r.methods[1..]
+        .iter()
+        .map(|m| m.fitness)
+        .fold(f64::INFINITY, f64::min);
+    assert!(evo.fitness <= start, "EvoPress {} > {start}", evo.fitness);
+    assert!(evo.bpw > 2.6, "{}: {:?}", evo.bpw, evo.levels);
+    // This seed's allocation mixes pruned and dense quantized linears, so the written
+    // directory below covers both.
+    let pruned_quantized = |l: &ParamLevel| matches!(l, ParamLevel::Quantized { pattern, .. } if pattern.sparsity() > 0.0);
+    assert!(evo.levels.iter().any(pruned_quantized), "{:?}", evo.levels);
+    assert!(evo.levels.contains(&two_bit), "{:?}", evo.levels);
+
+    // The written directory: each linear on its level's pattern, every (row, group)
+    // holding at most 2^bits distinct values.
+    let LoadedModel::Decoder { model, .. } = tersor_model::load(&out).unwrap() else {
+        panic!("not a decoder")
+    };
+    let (mut u, mut bits) = (0, 0u64);
+    for l in 0..2 {
+        for kind in LinearKind::ALL {
+            let t = model.linear_weight(l, kind).unwrap();
+            let (rows, cols) = t.dims2().unwrap();
+            let w = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let zeros = w.iter().filter(|&&x| x == 0.0).count();
+            let name = &report.units[u].0;
+            bits += evo.levels[u].bits(rows, cols).unwrap();
+            match evo.levels[u] {
+                ParamLevel::Quantized { pattern, grid } => {
+                    match pattern {
+                        tersor_prune::Pattern::Unstructured(s) => {
+                            assert!(zeros >= (s * w.len() as f64).round() as usize, "{name}")
+                        }
+                        tersor_prune::Pattern::NM { n, m } => {
+                            assert!(
+                                tersor_prune::pattern::satisfies_nm(&w, cols, n, m),
+                                "{name}"
+                            )
+                        }
+                    }
+                    let g = grid.group_size.unwrap_or(cols);
+                    for row in w.chunks(cols) {
+                        for group in row.chunks(g) {
+                            let mut v = group.to_vec();
+                            v.push(0.0);
+                            v.sort_by(f32::total_cmp);
+                            v.dedup();
+                            assert!(v.len() <= 1 << grid.bits, "{name}: {} values", v.len());
+                        }
+                    }
+                }
+                ParamLevel::Sparse(s) => {
+                    assert_eq!(zeros, (s * (rows * cols) as f64).round() as usize, "{name}")
+                }
+                other => panic!("{name}: unexpected level {other}"),
+            }
+            u += 1;
+        }
+    }
+    // The payload the report gives is the levels' bits over the parameters.
+    assert_eq!(evo.bpw, bits as f64 / report.linear_params as f64);
+
+    // Its KL on the evaluation text is the search's figure for the same allocation.
+    let LoadedModel::Decoder {
+        model: reference,
+        tokenizer,
+    } = tersor_model::load(&path).unwrap()
+    else {
+        panic!("not a decoder")
+    };
+    let e = tersor_eval::perplexity(
+        tersor_eval::Lm {
+            model: &model,
+            tokenizer: &tokenizer,
+        },
+        Some(tersor_eval::Lm {
+            model: &reference,
+            tokenizer: &tokenizer,
+        }),
+        &std::fs::read_to_string(&calib).unwrap(),
+        &tersor_eval::PerplexityConfig {
+            ctx: 128,
+            max_windows: Some(2),
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let written = e.kl.unwrap().kld_mean;
+    let want = evo.eval.as_ref().unwrap().kld_mean;
+    assert!(
+        (written - want).abs() <= 1e-4 * want,
+        "written {written} vs searched {want}"
+    );
+
+    // A target outside what the levels reach names the range.
+    opts.targets = vec![(20.0, None)];
+    let e = sparsity::run(&opts, &|_| {}).unwrap_err().to_string();
+    assert!(e.contains("bits per weight") && e.contains("reach"), "{e}");
+}
+
 /// An N:M ladder: uniform puts every linear at 2:4, and EvoPress's non-uniform N:M
 /// allocation (dense, 3:4, 2:4 and 1:4 per linear) is written with every row group
 /// holding at most its level's N nonzeros.
@@ -329,9 +478,9 @@ fn nm_ladder_keeps_every_linear_on_its_pattern() {
     assert_eq!(names, ["evopress", "uniform-nm", "dp"]);
     let two_four = ParamLevel::NM { n: 2, m: 4 };
     assert!(r.methods[1].levels.iter().all(|&l| l == two_four));
-    assert_eq!(r.methods[1].zeros, r.zeros_required);
+    assert_eq!(r.methods[1].zeros, r.zeros_required.unwrap());
     let evo = &r.methods[0];
-    assert!(evo.zeros >= r.zeros_required);
+    assert!(evo.zeros >= r.zeros_required.unwrap());
     assert!(
         evo.levels.iter().any(|&l| l != two_four),
         "{:?}",

@@ -19,6 +19,12 @@
 //! weights as updated by all earlier blocks (adaptive mask selection). The count per block
 //! is `round(s · rows · i2) − round(s · rows · i1)`, so the layer has exactly
 //! `round(s · rows · cols)` zeros.
+//!
+//! [`sparsegpt_quantized`] is the paper's joint mode (§3.5 "Joint sparsification and
+//! quantization"): `q` of a kept weight is its rounding onto a quantization grid instead
+//! of `w`, and its error is compensated like a pruned weight's. Groups are fitted as
+//! GPTQ fits them: when the solver reaches a group's first column, on that moment's
+//! weights.
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -27,6 +33,8 @@ use tersor_quant::gptq::{
     check_hessian, clear_upper_simd_state, clear_upper_simd_state_all_threads,
     inverse_cholesky_upper, zero_dead_columns,
 };
+use tersor_quant::gptq_grid::GptqFormatGrid;
+use tersor_quant::grid::Grid;
 use tersor_quant::rtn::check_layer;
 
 use crate::pattern::{smallest_k, zeros_for, Pattern};
@@ -77,8 +85,37 @@ pub fn sparsegpt(
     pattern: Pattern,
     cfg: &SparseGptConfig,
 ) -> Result<SparseGptOutput> {
+    solve::<GptqFormatGrid>(w, rows, cols, h, pattern, None, cfg).map(|(o, _)| o)
+}
+
+/// SparseGPT jointly with quantization: the kept weights are rounded onto `grid` (fitted
+/// per row and group of `grid.group_size()` columns) and their rounding errors are
+/// compensated as the pruned weights' are. Returns the layer (pruned weights exactly
+/// zero, kept ones the grid's decoded values) and the fitted groups, row-major
+/// `[rows, ⌈cols / group_size⌉]`. `loss` counts both kinds of error.
+pub fn sparsegpt_quantized<G: Grid>(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &[f64],
+    pattern: Pattern,
+    grid: &G,
+    cfg: &SparseGptConfig,
+) -> Result<(SparseGptOutput, Vec<G::Group>)> {
+    solve(w, rows, cols, h, pattern, Some(grid), cfg)
+}
+
+fn solve<G: Grid>(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &[f64],
+    pattern: Pattern,
+    grid: Option<&G>,
+    cfg: &SparseGptConfig,
+) -> Result<(SparseGptOutput, Vec<G::Group>)> {
     clear_upper_simd_state_all_threads();
-    check_layer(w, rows, cols, 1)?;
+    check_layer(w, rows, cols, grid.map_or(1, |g| g.group_size()))?;
     pattern.check(cols)?;
     let layer = format!("weight [{rows}, {cols}]");
     if cfg.block_size == 0 {
@@ -113,6 +150,10 @@ pub fn sparsegpt(
         .div_ceil(4 * rayon::current_num_threads())
         .clamp(16, 256);
     let mut err = vec![0f32; rows * bs];
+    // One slot per (row, group), filled when the solver reaches the group's first column
+    // (one unused slot per row without a grid, so rows chunk alike).
+    let gpr = grid.map_or(1, |g| cols.div_ceil(g.group_size()));
+    let mut groups: Vec<Option<G::Group>> = vec![None; rows * gpr];
     let mut loss = 0.0;
     for i1 in (0..cols).step_by(bs) {
         let i2 = (i1 + bs).min(cols);
@@ -140,6 +181,7 @@ pub fn sparsegpt(
             diag: &diag,
             mask: mask.as_deref(),
             pattern,
+            grid,
             cols,
             bs,
             i1,
@@ -148,16 +190,27 @@ pub fn sparsegpt(
         loss += w
             .par_chunks_mut(chunk_rows * cols)
             .zip(err.par_chunks_mut(chunk_rows * bs))
+            .zip(groups.par_chunks_mut(chunk_rows * gpr))
             .enumerate()
-            .map(|(k, (wc, ec))| block.solve(k * chunk_rows, wc, ec))
+            .map(|(k, ((wc, ec), gc))| block.solve(k * chunk_rows, wc, ec, gc))
             .sum::<f64>();
     }
-    Ok(SparseGptOutput {
-        weights: w,
-        loss,
-        dead_columns,
-        damp,
-    })
+    let groups = match grid {
+        Some(_) => groups
+            .into_iter()
+            .map(|g| g.expect("every group is fitted at its first column"))
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok((
+        SparseGptOutput {
+            weights: w,
+            loss,
+            dead_columns,
+            damp,
+        },
+        groups,
+    ))
 }
 
 /// OBS saliency of removing `w` with `d = Hinv[i, i]`: `w² / d²` (twice the loss added).
@@ -166,27 +219,37 @@ fn saliency(w: f32, d: f32) -> f32 {
 }
 
 /// One block of columns, shared by the row chunks solving it.
-struct Block<'a> {
+struct Block<'a, G: Grid> {
     hinv: &'a [f32],
     diag: &'a [f32],
     /// Unstructured mask of the block, `[rows, count]`, all rows.
     mask: Option<&'a [bool]>,
     pattern: Pattern,
+    /// Joint quantization of the kept weights.
+    grid: Option<&'a G>,
     cols: usize,
     bs: usize,
     i1: usize,
     i2: usize,
 }
 
-impl Block<'_> {
+impl<G: Grid> Block<'_, G> {
     /// Prune columns `i1..i2` of the rows `row0..` held in `w` (updated in place) and apply
-    /// the lazy update to the columns after the block. Returns the rows' loss.
-    fn solve(&self, row0: usize, w: &mut [f32], err: &mut [f32]) -> f64 {
+    /// the lazy update to the columns after the block. `groups` holds the rows' group
+    /// slots (empty without a grid). Returns the rows' loss.
+    fn solve(
+        &self,
+        row0: usize,
+        w: &mut [f32],
+        err: &mut [f32],
+        groups: &mut [Option<G::Group>],
+    ) -> f64 {
         let Self {
             hinv,
             diag,
             mask,
             pattern,
+            grid,
             cols,
             bs,
             i1,
@@ -217,13 +280,28 @@ impl Block<'_> {
                     (_, None) => unreachable!("unstructured blocks have a mask"),
                 };
                 let x = wr[i];
-                if !pruned {
-                    er[i - i1] = 0.0;
-                    continue;
-                }
-                wr[i] = 0.0;
+                let q = match grid {
+                    Some(g) => {
+                        let gs = g.group_size();
+                        let slot = &mut groups[r * cols.div_ceil(gs) + i / gs];
+                        if i % gs == 0 {
+                            *slot = Some(g.fit(&wr[i..(i + gs).min(cols)], None));
+                        }
+                        match slot {
+                            _ if pruned => 0.0,
+                            Some(fitted) => g.round(fitted, i % gs, x).1,
+                            None => unreachable!("a group is fitted at its first column"),
+                        }
+                    }
+                    None if pruned => 0.0,
+                    None => {
+                        er[i - i1] = 0.0;
+                        continue;
+                    }
+                };
+                wr[i] = q;
                 let d = hinv[i * cols + i];
-                let e = x / d;
+                let e = (x - q) / d;
                 loss += f64::from(e).powi(2) / 2.0;
                 er[i - i1] = e;
                 let hrow = &hinv[i * cols + i + 1..i * cols + i2];
@@ -321,6 +399,138 @@ mod tests {
         ] {
             let s = sparsegpt(&w, rows, cols, &h, p, &cfg).unwrap();
             assert_eq!(s.weights, magnitude(&w, rows, cols, p).unwrap(), "{p}");
+        }
+    }
+
+    #[test]
+    fn identity_hessian_joint_mode_is_magnitude_pruning_then_round_to_nearest() {
+        // With no weight updates the joint mode keeps magnitude pruning's mask and rounds
+        // every kept weight onto groups fitted on the original weights: RTN's values.
+        let (rows, cols) = (24, 64);
+        let w = random(rows * cols, 3);
+        let h: Vec<f64> = (0..cols * cols)
+            .map(|t| if t / cols == t % cols { 1.0 } else { 0.0 })
+            .collect();
+        let cfg = SparseGptConfig {
+            block_size: cols,
+            ..Default::default()
+        };
+        for (p, grid) in [
+            (
+                Pattern::Unstructured(0.5),
+                GptqFormatGrid::new(4, 16, true).unwrap(),
+            ),
+            (
+                Pattern::Unstructured(0.3),
+                GptqFormatGrid::new(3, 32, false).unwrap(),
+            ),
+            (
+                Pattern::NM { n: 2, m: 4 },
+                GptqFormatGrid::new(2, 64, false).unwrap(),
+            ),
+        ] {
+            let (s, groups) = sparsegpt_quantized(&w, rows, cols, &h, p, &grid, &cfg).unwrap();
+            let mask = magnitude(&w, rows, cols, p).unwrap();
+            let r = tersor_quant::rtn::rtn(&w, rows, cols, &grid, None).unwrap();
+            let want: Vec<f32> = (0..rows * cols)
+                .map(|t| if mask[t] == 0.0 { 0.0 } else { r.values[t] })
+                .collect();
+            assert_eq!(s.weights, want, "{p} {grid:?}");
+            assert_eq!(groups, r.groups, "{p} {grid:?}");
+        }
+    }
+
+    #[test]
+    fn joint_mode_at_sparsity_zero_is_gptq() {
+        // Nothing pruned, every weight rounded with its error compensated: GPTQ's
+        // Algorithm 1 (same damping, blocks and group fitting), checked against the
+        // GPTQ solver of tersor-quant.
+        let (rows, cols, n) = (32, 128, 512);
+        let x = activations(n, cols, 7);
+        let h = hessian_from_activations(&x, n, cols);
+        let w = random(rows * cols, 8);
+        let grid = GptqFormatGrid::new(3, 32, false).unwrap();
+        let cfg = SparseGptConfig {
+            block_size: 64,
+            ..Default::default()
+        };
+        let (s, groups) =
+            sparsegpt_quantized(&w, rows, cols, &h, Pattern::Unstructured(0.0), &grid, &cfg)
+                .unwrap();
+        let gcfg = tersor_quant::gptq::GptqConfig {
+            block_size: 64,
+            ..Default::default()
+        };
+        let g = tersor_quant::gptq::gptq(&w, rows, cols, &h, &grid, &gcfg).unwrap();
+        let same = s
+            .weights
+            .iter()
+            .zip(&g.quantized.values)
+            .filter(|(a, b)| a == b)
+            .count();
+        assert_eq!(same, rows * cols);
+        assert_eq!(groups, g.quantized.groups);
+        assert!(
+            (s.loss - g.loss).abs() <= 1e-6 * g.loss,
+            "{} vs {}",
+            s.loss,
+            g.loss
+        );
+    }
+
+    #[test]
+    fn joint_mode_rounds_kept_weights_onto_the_grid_and_compensates_the_error() {
+        let (rows, cols, n) = (40, 96, 512);
+        let x = activations(n, cols, 4);
+        let h = hessian_from_activations(&x, n, cols);
+        let w = random(rows * cols, 5);
+        let cfg = SparseGptConfig {
+            block_size: 32,
+            ..Default::default()
+        };
+        for (p, grid) in [
+            (
+                Pattern::Unstructured(0.5),
+                GptqFormatGrid::new(4, 32, true).unwrap(),
+            ),
+            (
+                Pattern::NM { n: 2, m: 4 },
+                GptqFormatGrid::new(3, 64, false).unwrap(),
+            ),
+        ] {
+            let (s, groups) = sparsegpt_quantized(&w, rows, cols, &h, p, &grid, &cfg).unwrap();
+            assert_eq!(groups.len(), rows * cols.div_ceil(grid.group_size));
+            // The pattern holds exactly, and every kept value is a point of its group's
+            // grid: rounding it again returns it.
+            match p {
+                Pattern::Unstructured(sp) => assert_eq!(
+                    s.weights.iter().filter(|&&v| v == 0.0).count(),
+                    zeros_for(rows * cols, sp)
+                ),
+                Pattern::NM { n, m } => assert!(satisfies_nm(&s.weights, cols, n, m)),
+            }
+            let gs = grid.group_size;
+            for (t, &v) in s.weights.iter().enumerate() {
+                let (r, j) = (t / cols, t % cols);
+                let g = &groups[r * cols.div_ceil(gs) + j / gs];
+                assert_eq!(grid.round(g, j % gs, v).1, v, "{p}: ({r}, {j}) = {v}");
+            }
+            // Exact bookkeeping, as for pruning alone.
+            let q = quadratic(&w, &s.weights, &h, rows, cols, s.damp);
+            assert!(
+                (s.loss - q).abs() <= 1e-3 * q,
+                "{p}: loss {} vs {q}",
+                s.loss
+            );
+            // Joint beats pruning first and rounding the survivors afterwards (RTN), whose
+            // rounding errors nothing compensates.
+            let pruned = sparsegpt(&w, rows, cols, &h, p, &cfg).unwrap().weights;
+            let r = tersor_quant::rtn::rtn(&pruned, rows, cols, &grid, None).unwrap();
+            let after: Vec<f32> = (0..rows * cols)
+                .map(|t| if pruned[t] == 0.0 { 0.0 } else { r.values[t] })
+                .collect();
+            let q_after = quadratic(&w, &after, &h, rows, cols, s.damp);
+            assert!(q < q_after, "{p}: joint {q}, prune then round {q_after}");
         }
     }
 

@@ -14,6 +14,11 @@
 //! write: HF directory, dense floats (zeros stored); the summary also costs the sparse
 //! payload (values + bitmask, or values + N:M indices)
 //! ```
+//!
+//! With `quantize` (SparseGPT only) the kept weights are rounded onto a GPTQ grid in the
+//! same pass (SparseGPT's joint mode, [`sparsegpt_quantized`]); the directory holds their
+//! decoded values, exact in f16 or f32, and the sparse payload costs each kept value at
+//! the grid's bits plus every group's fp16 scale and zero point.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -24,15 +29,17 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 pub use tersor_gptq::FloatDtype;
 use tersor_model::{LinearKind, Llama, LoadedModel, TensorNaming, TextTokenizer};
-use tersor_prune::sparsegpt::{sparsegpt, SparseGptConfig};
+use tersor_prune::sparsegpt::{sparsegpt, sparsegpt_quantized, SparseGptConfig};
 pub use tersor_prune::Pattern;
 use tersor_prune::{magnitude, wanda};
+use tersor_quant::gptq_grid::GptqFormatGrid;
 
 use crate::calib::{CalibConfig, Sequential};
 use crate::collect::Site;
 use crate::dense_out::write_dense_dir;
 use crate::encoder::{self, EncoderJob, EncoderOp, EncoderSummary};
 use crate::error::{QuantizeError, Result};
+use crate::spec::GptqSpec;
 use crate::{output_bytes, tensor_vec, Event, TensorSummary};
 
 /// Which pruner.
@@ -98,6 +105,8 @@ pub struct PruneOptions {
     pub batch_windows: usize,
     /// Storage type of the written tensors.
     pub dtype: FloatDtype,
+    /// SparseGPT jointly with quantization of the kept weights onto this grid.
+    pub quantize: Option<GptqSpec>,
 }
 
 impl PruneOptions {
@@ -117,6 +126,7 @@ impl PruneOptions {
             sparsegpt: SparseGptConfig::default(),
             batch_windows: 4,
             dtype: FloatDtype::F16,
+            quantize: None,
         }
     }
 }
@@ -127,7 +137,8 @@ pub struct PrunedLinear {
     pub name: String,
     pub params: u64,
     pub zeros: u64,
-    /// Values plus mask (or N:M indices) at the output's value width.
+    /// Values plus mask (or N:M indices) at the output's value width, or at the grid's
+    /// bits plus the groups' scales and zero points when quantized.
     pub sparse_bytes: u64,
     /// SparseGPT's `½ tr(ΔW H ΔWᵀ)` (calibration scale); `None` for the other methods.
     pub loss: Option<f64>,
@@ -140,6 +151,8 @@ pub struct PruneSummary {
     pub output: PathBuf,
     pub method: PruneMethod,
     pub pattern: String,
+    /// The grid of the kept weights (`gptq:4:g128`), if quantized.
+    pub quantize: Option<String>,
     /// The directory's bytes (dense: zeros stored).
     pub file_bytes: u64,
     pub params: u64,
@@ -159,10 +172,24 @@ pub struct PruneSummary {
 }
 
 /// Bytes of a pruned layer of `params` weights stored sparse. Unstructured: the nonzero
-/// values at `width` bytes plus a bitmask. N:M: `n` values of every `m` (zeros among the
-/// kept ones included: the format has a fixed slot count) plus `⌈log₂ m⌉` index bits each
-/// (NVIDIA's 2:4 metadata layout).
-pub fn sparse_bytes(params: u64, zeros: u64, pattern: Pattern, width: u64) -> u64 {
+/// values at `value_bits` each plus a bitmask. N:M: `n` values of every `m` (zeros among
+/// the kept ones included: the format has a fixed slot count) plus `⌈log₂ m⌉` index bits
+/// each (NVIDIA's 2:4 metadata layout). `extra_bits` (quantization groups' scales and
+/// zero points) is added before rounding up to bytes. A layer that is smaller dense (few
+/// zeros: the mask costs more than they save) is costed dense.
+pub fn sparse_bytes(
+    params: u64,
+    zeros: u64,
+    pattern: Pattern,
+    value_bits: u64,
+    extra_bits: u64,
+) -> u64 {
+    (sparse_bits(params, zeros, pattern, value_bits) + extra_bits).div_ceil(8)
+}
+
+/// [`sparse_bytes`] in bits, without the extra bits: the values and the mask or indices,
+/// or the dense values when that is smaller.
+pub fn sparse_bits(params: u64, zeros: u64, pattern: Pattern, value_bits: u64) -> u64 {
     let (values, index_bits) = match pattern {
         Pattern::Unstructured(_) => (params - zeros, params),
         Pattern::NM { n, m } => {
@@ -171,7 +198,14 @@ pub fn sparse_bytes(params: u64, zeros: u64, pattern: Pattern, width: u64) -> u6
             (kept, kept * bits)
         }
     };
-    values * width + index_bits.div_ceil(8)
+    (values * value_bits + index_bits).min(params * value_bits)
+}
+
+/// The grid of `spec` for joint pruning and quantization, or why there is none.
+fn joint_grid(spec: &GptqSpec, opts: &PruneOptions, cols: usize) -> Result<GptqFormatGrid> {
+    GptqFormatGrid::new(spec.bits, spec.group_size.unwrap_or(cols), spec.sym).map_err(|e| {
+        QuantizeError::Usage(format!("--quantize {spec}: {e} ({})", opts.input.display()))
+    })
 }
 
 /// What a run did, by model kind.
@@ -190,6 +224,10 @@ pub fn run(opts: &PruneOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<Pru
         LoadedModel::Decoder { model, tokenizer } => {
             run_decoder(opts, model, tokenizer, t0, progress).map(PruneReport::Decoder)
         }
+        LoadedModel::Encoder(_) if opts.quantize.is_some() => Err(QuantizeError::Usage(format!(
+            "{}: --quantize (joint pruning and quantization) is implemented for decoder LMs only",
+            opts.input.display()
+        ))),
         LoadedModel::Encoder(bert) => {
             let op = EncoderOp::Prune {
                 method: opts.method,
@@ -216,6 +254,24 @@ fn run_decoder(
             "magnitude-global prunes unstructured only (N:M is per group: use magnitude)".into(),
         ));
     }
+    if let Some(spec) = &opts.quantize {
+        if opts.method != PruneMethod::SparseGpt {
+            return Err(QuantizeError::Usage(format!(
+                "--quantize {spec} needs --method sparsegpt (joint pruning and quantization); {} prunes only",
+                opts.method
+            )));
+        }
+        if spec.act_order {
+            return Err(QuantizeError::Usage(format!(
+                "--quantize {spec}: act-order is not supported with pruning (drop :act)"
+            )));
+        }
+        if opts.dtype == FloatDtype::BF16 {
+            return Err(QuantizeError::Usage(format!(
+                "--quantize {spec}: the grid's fp16 values are not exact in bf16; write f16 or f32"
+            )));
+        }
+    }
     let n_layers = model.n_layers();
     for l in 0..n_layers {
         for kind in LinearKind::ALL {
@@ -234,6 +290,8 @@ fn run_decoder(
 
     let t1 = Instant::now();
     let mut losses = std::collections::HashMap::new();
+    // Bits of each quantized linear's groups (fp16 scale and zero point each).
+    let mut group_bits = std::collections::HashMap::new();
     let mut calib = Sequential::start(
         opts.method.calibrates(),
         &model,
@@ -286,8 +344,30 @@ fn run_decoder(
                         wanda::wanda(&w, rows, cols, &norms, opts.pattern).map_err(layer_err)?
                     }
                     (PruneMethod::SparseGpt, Some(s)) => {
-                        let o = sparsegpt(&w, rows, cols, &s.xtx, opts.pattern, &opts.sparsegpt)
-                            .map_err(layer_err)?;
+                        let o = match &opts.quantize {
+                            None => {
+                                sparsegpt(&w, rows, cols, &s.xtx, opts.pattern, &opts.sparsegpt)
+                                    .map_err(layer_err)?
+                            }
+                            Some(spec) => {
+                                let grid = joint_grid(spec, opts, cols)?;
+                                let (o, groups) = sparsegpt_quantized(
+                                    &w,
+                                    rows,
+                                    cols,
+                                    &s.xtx,
+                                    opts.pattern,
+                                    &grid,
+                                    &opts.sparsegpt,
+                                )
+                                .map_err(layer_err)?;
+                                group_bits.insert(
+                                    (l, kind),
+                                    groups.len() as u64 * (16 + u64::from(spec.bits)),
+                                );
+                                o
+                            }
+                        };
                         losses.insert((l, kind), o.loss);
                         o.weights
                     }
@@ -327,11 +407,18 @@ fn run_decoder(
             let (w, rows, cols) = tensor_vec(model.linear_weight(l, kind)?)?;
             let params = (rows * cols) as u64;
             let zeros = w.iter().filter(|&&x| x == 0.0).count() as u64;
+            let (value_bits, extra_bits) = match &opts.quantize {
+                Some(spec) => (
+                    u64::from(spec.bits),
+                    group_bits.get(&(l, kind)).copied().unwrap_or(0),
+                ),
+                None => (width * 8, 0),
+            };
             linears.push(PrunedLinear {
                 name: TensorNaming::HuggingFace.linear(l, kind, "weight"),
                 params,
                 zeros,
-                sparse_bytes: sparse_bytes(params, zeros, opts.pattern, width),
+                sparse_bytes: sparse_bytes(params, zeros, opts.pattern, value_bits, extra_bits),
                 loss: losses.get(&(l, kind)).copied(),
             });
         }
@@ -345,6 +432,7 @@ fn run_decoder(
         output: opts.output.clone(),
         method: opts.method,
         pattern: opts.pattern.to_string(),
+        quantize: opts.quantize.map(|q| q.to_string()),
         file_bytes: output_bytes(&opts.output)?,
         params,
         linear_params,
@@ -368,19 +456,39 @@ mod tests {
     #[test]
     fn sparse_payload_is_values_plus_mask_or_indices() {
         // 1,000 weights, half zero, f16: 500 values (1,000 B) + a 1,000-bit mask (125 B).
-        assert_eq!(sparse_bytes(1000, 500, Pattern::Unstructured(0.5), 2), 1125);
+        assert_eq!(
+            sparse_bytes(1000, 500, Pattern::Unstructured(0.5), 16, 0),
+            1125
+        );
         // 2:4: 500 values + 2 index bits each (125 B), NVIDIA's layout, however many of
         // the kept values happen to be zero.
-        assert_eq!(sparse_bytes(1000, 500, Pattern::NM { n: 2, m: 4 }, 2), 1125);
-        assert_eq!(sparse_bytes(1000, 510, Pattern::NM { n: 2, m: 4 }, 2), 1125);
         assert_eq!(
-            sparse_bytes(1000, 510, Pattern::Unstructured(0.5), 2),
+            sparse_bytes(1000, 500, Pattern::NM { n: 2, m: 4 }, 16, 0),
+            1125
+        );
+        assert_eq!(
+            sparse_bytes(1000, 510, Pattern::NM { n: 2, m: 4 }, 16, 0),
+            1125
+        );
+        assert_eq!(
+            sparse_bytes(1000, 510, Pattern::Unstructured(0.5), 16, 0),
             980 + 125
         );
         // 4:8: 3 bits per kept value.
         assert_eq!(
-            sparse_bytes(1000, 500, Pattern::NM { n: 4, m: 8 }, 2),
+            sparse_bytes(1000, 500, Pattern::NM { n: 4, m: 8 }, 16, 0),
             1000 + 188
+        );
+        // Dense is cheaper with few zeros: 10 zeros save 160 bits, the mask costs 1,000.
+        assert_eq!(
+            sparse_bytes(1000, 10, Pattern::Unstructured(0.01), 16, 0),
+            2000
+        );
+        // Quantized to 4 bits in groups: 500 values × 4 bits + 1,000 mask bits + 8 groups ×
+        // (16-bit scale + 4-bit zero) = 3,160 bits = 395 bytes.
+        assert_eq!(
+            sparse_bytes(1000, 500, Pattern::Unstructured(0.5), 4, 8 * 20),
+            395
         );
     }
 

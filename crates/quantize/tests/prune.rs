@@ -236,3 +236,81 @@ fn bad_patterns_give_clear_errors_and_no_output() {
     assert!(e.to_string().contains("unstructured"), "{e}");
     assert!(!out.exists());
 }
+
+#[test]
+fn joint_pruning_and_quantization_writes_grid_values_and_costs_them_honestly() {
+    let dir = TempDir::new("prune-quant");
+    let input = dir.path().join("tiny.gguf");
+    TinyLlama::default().write_gguf(&input);
+    let calib = calib_text(dir.path());
+    let spec: tersor_quantize::Target = "gptq:4:g32".parse().unwrap();
+    let tersor_quantize::Target::Gptq(spec) = spec else {
+        unreachable!()
+    };
+    for pattern in [Pattern::Unstructured(0.5), Pattern::NM { n: 2, m: 4 }] {
+        let out = dir.path().join(format!("joint-{pattern}"));
+        let mut o = options(&input, &out, pattern, PruneMethod::SparseGpt, &calib);
+        o.quantize = Some(spec);
+        let s = run(&o, &quiet).unwrap();
+        assert_eq!(s.quantize.as_deref(), Some("gptq:4:g32"));
+        let mut payload_bits = 0u64;
+        let mut other_bytes: u64 = s.tensors.iter().map(|t| t.bytes).sum();
+        for (w, rows, cols) in linears(&out) {
+            let zeros = w.iter().filter(|&&x| x == 0.0).count();
+            match pattern {
+                // Kept weights that round to zero add to the pruned ones.
+                Pattern::Unstructured(sp) => {
+                    assert!(zeros >= (sp * (rows * cols) as f64).round() as usize)
+                }
+                Pattern::NM { n, m } => assert!(satisfies_nm(&w, cols, n, m)),
+            }
+            // Every (row, group of 32) holds at most 16 distinct values (4-bit codes),
+            // zero among them.
+            for r in 0..rows {
+                for g in (0..cols).step_by(32) {
+                    let mut v: Vec<f32> = w[r * cols + g..r * cols + g + 32].to_vec();
+                    v.push(0.0);
+                    v.sort_by(f32::total_cmp);
+                    v.dedup();
+                    assert!(v.len() <= 16, "row {r} group {g}: {} values", v.len());
+                }
+            }
+            // The payload, recomputed: kept values at 4 bits, a bitmask or 2-bit N:M
+            // indices, a 16-bit scale and a 4-bit zero per group of 32.
+            let params = (rows * cols) as u64;
+            let groups = (rows * cols.div_ceil(32)) as u64;
+            let (values, index) = match pattern {
+                Pattern::Unstructured(_) => (params - zeros as u64, params),
+                Pattern::NM { .. } => (params / 2, params),
+            };
+            payload_bits += values * 4 + index + groups * 20;
+            other_bytes -= params * 4;
+        }
+        // Whole-byte rounding per linear: within one byte each.
+        let linears_bytes = s.sparse_bytes - other_bytes;
+        let n = s.linears.len() as u64;
+        assert!(
+            linears_bytes >= payload_bits / 8 && linears_bytes <= payload_bits / 8 + n,
+            "{pattern}: {linears_bytes} vs {} bits",
+            payload_bits
+        );
+        assert!(kl_to_reference(&out, &input, &calib).is_finite());
+    }
+    // Only SparseGPT prunes and quantizes jointly; bf16 cannot hold the grid's values.
+    let out = dir.path().join("bad");
+    let mut o = options(
+        &input,
+        &out,
+        Pattern::Unstructured(0.5),
+        PruneMethod::Wanda,
+        &calib,
+    );
+    o.quantize = Some(spec);
+    let e = run(&o, &quiet).unwrap_err().to_string();
+    assert!(e.contains("sparsegpt"), "{e}");
+    o.method = PruneMethod::SparseGpt;
+    o.dtype = FloatDtype::BF16;
+    let e = run(&o, &quiet).unwrap_err().to_string();
+    assert!(e.contains("bf16"), "{e}");
+    assert!(!out.exists());
+}
