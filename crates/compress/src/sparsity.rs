@@ -748,7 +748,7 @@ struct TargetCtx<'a> {
 /// allows. The dense level (sparsity 0) belongs to every family.
 fn uniform(c: &TargetCtx<'_>, problem: &Problem, target: f64, family: Family) -> Assignment {
     let of_kind = |lv: &ParamLevel| lv.family() == family || *lv == ParamLevel::Sparse(0.0);
-    let mut a: Assignment = c
+    let a: Assignment = c
         .unit_levels
         .iter()
         .map(|lv| {
@@ -760,6 +760,17 @@ fn uniform(c: &TargetCtx<'_>, problem: &Problem, target: f64, family: Family) ->
                 .unwrap_or(0) as u16
         })
         .collect();
+    top_up(c, problem, a, of_kind)
+}
+
+/// Raises `a`, in unit order and in passes until nothing moves, to each unit's next level
+/// that `of_kind` accepts, while the budget allows.
+fn top_up(
+    c: &TargetCtx<'_>,
+    problem: &Problem,
+    mut a: Assignment,
+    of_kind: impl Fn(&ParamLevel) -> bool,
+) -> Assignment {
     let mut cost = problem.cost(&a);
     loop {
         let mut raised = false;
@@ -791,7 +802,7 @@ fn uniform_bits(c: &TargetCtx<'_>, problem: &Problem) -> Option<Assignment> {
             .map(|ul| ul.iter().position(|(l, _)| *l == lv).map(|i| i as u16))
             .collect()
     };
-    let (level, mut a) = c
+    let (level, a) = c
         .levels
         .iter()
         .filter_map(|&lv| at(lv).map(|a| (lv, a)))
@@ -801,25 +812,7 @@ fn uniform_bits(c: &TargetCtx<'_>, problem: &Problem) -> Option<Assignment> {
         ParamLevel::Quantized { grid, .. } => Some(*grid),
         _ => None,
     };
-    let same_kind = |l: &ParamLevel| grid(l) == grid(&level);
-    let mut cost = problem.cost(&a);
-    loop {
-        let mut raised = false;
-        for (u, lv) in c.unit_levels.iter().enumerate() {
-            let cur = a[u] as usize;
-            if let Some(next) = (cur + 1..lv.len()).find(|&i| same_kind(&lv[i].0)) {
-                let extra = lv[next].1 - lv[cur].1;
-                if cost + extra <= problem.budget {
-                    a[u] = next as u16;
-                    cost += extra;
-                    raised = true;
-                }
-            }
-        }
-        if !raised {
-            return Some(a);
-        }
-    }
+    Some(top_up(c, problem, a, |l| grid(l) == grid(&level)))
 }
 
 /// Baselines, EvoPress, evaluation and the written model for one target.

@@ -65,6 +65,41 @@ fn setup(
     }
 }
 
+/// Mean KL of `model` against the model at `reference` on the first two windows of 128
+/// tokens of `text` (the setup's evaluation).
+fn kl_on_two_windows(
+    model: &tersor_model::Llama,
+    reference: &std::path::Path,
+    text: &std::path::Path,
+) -> f64 {
+    let LoadedModel::Decoder {
+        model: reference,
+        tokenizer,
+    } = tersor_model::load(reference).unwrap()
+    else {
+        panic!("not a decoder")
+    };
+    let r = tersor_eval::perplexity(
+        tersor_eval::Lm {
+            model,
+            tokenizer: &tokenizer,
+        },
+        Some(tersor_eval::Lm {
+            model: &reference,
+            tokenizer: &tokenizer,
+        }),
+        &std::fs::read_to_string(text).unwrap(),
+        &tersor_eval::PerplexityConfig {
+            ctx: 128,
+            max_windows: Some(2),
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    r.kl.unwrap().kld_mean
+}
+
 #[test]
 fn sparsity_search_meets_the_target_and_writes_its_allocation() {
     let dir = TempDir::new("sparsity-run");
@@ -279,32 +314,7 @@ fn mixed_levels_search_counts_parameters_and_writes_factors() {
 
     // Its KL on the evaluation text (two matmuls per factored linear) is the search's
     // figure for the same allocation (the factors' product).
-    let LoadedModel::Decoder {
-        model: reference,
-        tokenizer,
-    } = tersor_model::load(&path).unwrap()
-    else {
-        panic!("not a decoder")
-    };
-    let r = tersor_eval::perplexity(
-        tersor_eval::Lm {
-            model: &model,
-            tokenizer: &tokenizer,
-        },
-        Some(tersor_eval::Lm {
-            model: &reference,
-            tokenizer: &tokenizer,
-        }),
-        &std::fs::read_to_string(&calib).unwrap(),
-        &tersor_eval::PerplexityConfig {
-            ctx: 128,
-            max_windows: Some(2),
-            ..Default::default()
-        },
-        &mut |_, _| {},
-    )
-    .unwrap();
-    let written = r.kl.unwrap().kld_mean;
+    let written = kl_on_two_windows(&model, &path, &calib);
     let want = evo.eval.as_ref().unwrap().kld_mean;
     assert!(
         (written - want).abs() <= 1e-4 * want,
@@ -417,32 +427,7 @@ fn quantized_levels_mix_with_sparsity_under_a_bits_budget() {
     assert_eq!(evo.bpw, bits as f64 / report.linear_params as f64);
 
     // Its KL on the evaluation text is the search's figure for the same allocation.
-    let LoadedModel::Decoder {
-        model: reference,
-        tokenizer,
-    } = tersor_model::load(&path).unwrap()
-    else {
-        panic!("not a decoder")
-    };
-    let e = tersor_eval::perplexity(
-        tersor_eval::Lm {
-            model: &model,
-            tokenizer: &tokenizer,
-        },
-        Some(tersor_eval::Lm {
-            model: &reference,
-            tokenizer: &tokenizer,
-        }),
-        &std::fs::read_to_string(&calib).unwrap(),
-        &tersor_eval::PerplexityConfig {
-            ctx: 128,
-            max_windows: Some(2),
-            ..Default::default()
-        },
-        &mut |_, _| {},
-    )
-    .unwrap();
-    let written = e.kl.unwrap().kld_mean;
+    let written = kl_on_two_windows(&model, &path, &calib);
     let want = evo.eval.as_ref().unwrap().kld_mean;
     assert!(
         (written - want).abs() <= 1e-4 * want,
