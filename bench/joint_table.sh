@@ -18,7 +18,8 @@
 # 50/60/70 % jointly with gptq:4:g128), every level costed by its payload; uniform (the
 # costliest single level that fits, topped up on the same grid), DP over the per-linear
 # errors and EvoPress (GENERATIONS, default 10), scored in memory, and EvoPress's
-# written directory scored by `tersor eval --ref` as above.
+# written directory scored by `tersor eval --ref` as above; once per database
+# calibration in DB_INPUTS (default "reference sequential").
 #
 # No peer is needed. THREADS (default 2). Finished rows are reused from
 # bench/out/joint_table (delete it to measure again).
@@ -35,6 +36,7 @@ chunks="${CHUNKS:-8}"
 target_bpw="${TARGET_BPW:-3.0}"
 generations="${GENERATIONS:-10}"
 levels="${LEVELS:-}"
+db_inputs="${DB_INPUTS:-reference sequential}"
 mkdir -p "$out_dir" "$(dirname "$result")"
 
 # shellcheck source=bench/lib.sh
@@ -65,7 +67,7 @@ write_table() {
             echo
             echo "## Mixed with bit-widths: \`tersor compress --format dense --target-bpw $target_bpw\`"
             echo
-            echo "$mixed_rows"
+            printf '%s\n' "${mixed_rows%$'\n\n'}"
         fi
     } > "$result.tmp" && mv "$result.tmp" "$result"
 }
@@ -99,35 +101,44 @@ PY
     rm -rf "$out"
 done
 
-# The search over the levels above mixed, at one payload budget.
-mixed_tag="bpw$target_bpw.g$generations.c$calib_tokens.e$chunks.l$(echo "$levels" | cksum | cut -d' ' -f1)"
-j="$out_dir/$mixed_tag.json"
-models="$out_dir/mixed.$mixed_tag"
-if [[ ! -s "$j" ]]; then
-    echo "tersor compress --format dense --target-bpw $target_bpw..." >&2
-    start=$(date +%s)
-    rm -rf "$models"
-    level_args=()
-    if [[ -n "$levels" ]]; then level_args=(--levels "$levels"); fi
-    "$tersor" --threads "$threads" compress "$lm" --format dense --target-bpw "$target_bpw" "${level_args[@]}" \
-        --calib "$calib_text" --calib-tokens "$calib_tokens" --ctx 512 --generations "$generations" \
-        --eval "$eval_text" --eval-chunks "$chunks" -o "$models" -q --report "$j.tmp" > /dev/null
-    eval_against_reference "$models" "$chunks" "$out_dir/$mixed_tag.written.json"
-    python3 - "$j.tmp" "$(( $(date +%s) - start ))" <<'PY'
+# The search over the levels above mixed, at one payload budget, once per database
+# calibration (DB_INPUTS).
+mixed_rows=""
+for inputs in $db_inputs; do
+    mixed_tag="bpw$target_bpw.g$generations.c$calib_tokens.e$chunks.$inputs.l$(echo "$levels" | cksum | cut -d' ' -f1)"
+    j="$out_dir/$mixed_tag.json"
+    models="$out_dir/mixed.$mixed_tag"
+    if [[ ! -s "$j" ]]; then
+        echo "tersor compress --format dense --target-bpw $target_bpw --db-inputs $inputs..." >&2
+        start=$(date +%s)
+        rm -rf "$models"
+        level_args=()
+        if [[ -n "$levels" ]]; then level_args=(--levels "$levels"); fi
+        "$tersor" --threads "$threads" compress "$lm" --format dense --target-bpw "$target_bpw" "${level_args[@]}" \
+            --db-inputs "$inputs" --calib "$calib_text" --calib-tokens "$calib_tokens" --ctx 512 \
+            --generations "$generations" --eval "$eval_text" --eval-chunks "$chunks" -o "$models" -q \
+            --report "$j.tmp" > /dev/null
+        eval_against_reference "$models" "$chunks" "$out_dir/$mixed_tag.written.json"
+        python3 - "$j.tmp" "$(( $(date +%s) - start ))" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 r["wall_seconds"] = int(sys.argv[2])
 json.dump(r, open(sys.argv[1], "w"), indent=1)
 PY
-    mv "$j.tmp" "$j"
-    rm -rf "$models"
-fi
-mixed_rows="$(python3 - "$j" "$out_dir/$mixed_tag.written.json" <<'PY'
+        mv "$j.tmp" "$j"
+        rm -rf "$models"
+    fi
+    mixed_rows+="$(python3 - "$j" "$out_dir/$mixed_tag.written.json" <<'PY'
 import json, sys
 from collections import Counter
 r = json.load(open(sys.argv[1])); w = json.load(open(sys.argv[2]))["perplexity"]
 t = r["targets"][0]
-print("Levels: " + ", ".join(r["levels"]) + f". Database {r['seconds_build']:.0f} s, per-linear KL table {r['seconds_table']:.0f} s, "
+how = {"reference": "each linear's on the reference model's activations (compressed on its own)",
+       "sequential": "each level's on the model whose earlier blocks are at that level (as the rows above)"}[r["db_inputs"]]
+print(f"### Database calibrated `{r['db_inputs']}`")
+print()
+print("Levels: " + ", ".join(r["levels"]) + f", {how}. "
+      f"Database {r['seconds_build']:.0f} s, per-linear KL table {r['seconds_table']:.0f} s, "
       f"baselines {t['seconds_baselines']:.0f} s, search {t['seconds_search']:.0f} s ({len(t['curve'])} generations), "
       f"wall {r['wall_seconds']} s. Fitness: mean KL on the last stage's {r['fitness_tokens'][-1]} calibration tokens.")
 print()
@@ -144,8 +155,10 @@ print()
 for m in t["methods"]:
     c = Counter(m["levels"])
     print(f"- {m['name']}: " + ", ".join(f"{n} × {l}" for l, n in sorted(c.items(), key=lambda x: -x[1])))
+print()
 PY
-)"
-write_table
+)"$'\n\n'
+    write_table
+done
 
 echo "wrote $result" >&2

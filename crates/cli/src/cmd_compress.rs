@@ -78,7 +78,7 @@ pub struct CompressArgs {
     /// Activations each level is calibrated on: `reference` (every level on the
     /// original model's, EvoPress's independent database) or `sequential` (each level
     /// kind on the model whose earlier blocks are at that kind, as GPTQ quantizes).
-    /// Default: sequential for gptq, reference for gguf.
+    /// Default: sequential for gptq and dense, reference for gguf and --target-sparsity.
     #[arg(long, value_name = "INPUTS")]
     db_inputs: Option<DbInputs>,
 
@@ -269,7 +269,6 @@ fn run_sparsity(
             "--format",
         ),
         (args.db.is_some(), "--db"),
-        (args.db_inputs.is_some(), "--db-inputs"),
         (args.resume, "--resume"),
         (args.baselines_dir.is_some(), "--baselines-dir"),
         (args.emit_llama_quantize_args, "--emit-llama-quantize-args"),
@@ -322,6 +321,10 @@ fn run_sparsity(
         targets,
         levels,
         budget,
+        db_inputs: args.db_inputs.unwrap_or(match budget {
+            SparsityBudget::Sparsity => DbInputs::Reference,
+            SparsityBudget::Bpw => DbInputs::Sequential,
+        }),
         calib: CalibConfig {
             path: calib,
             max_tokens: args.calib_tokens,

@@ -392,10 +392,6 @@ fn compress_rejects_bad_budgets_and_options_before_any_work() {
             "--target-sparsity 2:4: expected a fraction",
         ),
         (
-            &["--target-sparsity", "0.6", "--db-inputs", "sequential"][..],
-            "--db-inputs does not apply",
-        ),
-        (
             &["--target-sparsity", "0.6", "--levels", "Q4_0"][..],
             "--levels Q4_0",
         ),

@@ -59,7 +59,7 @@ use tersor_search::{Assignment, Fitness, GenerationRecord, Problem};
 
 use crate::fitness::Evaluator;
 use crate::units::{Unit, UnitRef};
-use crate::{CompressError, EvalFigures, Event, MemoLm, Result, SearchOptions};
+use crate::{CompressError, DbInputs, EvalFigures, Event, MemoLm, Result, SearchOptions};
 
 /// The default sparsity ladder of every linear.
 pub const DEFAULT_LEVELS: [f64; 10] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
@@ -297,6 +297,10 @@ pub struct SparsityOptions {
     pub eval: Option<(PathBuf, usize)>,
     /// Storage type of the written tensors.
     pub dtype: FloatDtype,
+    /// Which activations calibrate the levels: the reference model's (each linear
+    /// compressed on its own), or, per level of the ladder, the model whose earlier
+    /// blocks are all at that level (as `tersor prune` calibrates).
+    pub db_inputs: DbInputs,
 }
 
 /// One allocation's result.
@@ -326,6 +330,7 @@ pub struct SparsityMethod {
 pub struct SparsityReport {
     pub input: PathBuf,
     pub budget: Budget,
+    pub db_inputs: DbInputs,
     /// The ladder, most parameters removed first.
     pub levels: Vec<ParamLevel>,
     /// The block linears, `blk.L.attn_q.weight` …, and their parameters.
@@ -532,6 +537,18 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     let t0 = Instant::now();
     let cal = Calibration::load(&opts.calib, &tokenizer)?;
     let mut hidden = crate::build::embed_windows(&model, &cal.windows)?;
+    // Sequential inputs: one hidden-state stream per ladder level that is calibrated,
+    // advanced through blocks whose linears are at that level (the reference's weights
+    // where a linear does not have it).
+    let calibrated: Vec<ParamLevel> = match opts.db_inputs {
+        DbInputs::Reference => Vec::new(),
+        DbInputs::Sequential => levels
+            .iter()
+            .copied()
+            .filter(|l| !matches!(l, ParamLevel::Sparse(s) if *s == 0.0 || *s >= 1.0))
+            .collect(),
+    };
+    let mut streams: Vec<Vec<Tensor>> = vec![hidden.clone(); calibrated.len()];
     let total_levels: usize = unit_levels.iter().map(|l| l.len()).sum();
     progress(Event::BuildStart {
         units: units.len(),
@@ -542,6 +559,19 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     let mut output_errors: Vec<Vec<f64>> = Vec::with_capacity(units.len());
     let mut done = 0;
     for l in 0..n_layers {
+        let first_unit = weights.len();
+        // Each stream's site statistics at block l, with the block's reference weights
+        // (GPTQ's sequential mode: all of a block's linears calibrated on one pass).
+        let stream_stats = streams
+            .iter()
+            .map(|hs| {
+                let mut col = Collector::new(usize::MAX, false);
+                for h in hs {
+                    model.block_forward(l, h, Some(&mut col))?;
+                }
+                Ok(col.into_stats())
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut col = Collector::new(usize::MAX, false);
         for h in hidden.iter_mut() {
             *h = model.block_forward(l, h, Some(&mut col))?;
@@ -577,6 +607,10 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
             let mut fs = Vec::with_capacity(unit_levels[ui].len());
             let mut errs = Vec::with_capacity(unit_levels[ui].len());
             for &(level, _) in &unit_levels[ui] {
+                let xtx = match calibrated.iter().position(|c| *c == level) {
+                    Some(k) => &stream_stats[k][site].xtx,
+                    None => xtx,
+                };
                 let (dense, f) = match level {
                     ParamLevel::Sparse(0.0) => (w.clone(), None),
                     ParamLevel::Sparse(s) if s >= 1.0 => (vec![0.0; w.len()], None),
@@ -648,8 +682,22 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
             factors.push(fs);
             output_errors.push(errs);
         }
+        // Advance each stream through block l at its level.
+        for (level, stream) in calibrated.iter().zip(streams.iter_mut()) {
+            let mut at_level = model.clone();
+            for (i, kind) in LinearKind::ALL.into_iter().enumerate() {
+                let ui = first_unit + i;
+                if let Some(j) = unit_levels[ui].iter().position(|(lv, _)| lv == level) {
+                    at_level.set_linear_weight(l, kind, weights[ui][j].clone())?;
+                }
+            }
+            for h in stream.iter_mut() {
+                *h = at_level.block_forward(l, h, None)?;
+            }
+        }
     }
     drop(hidden);
+    drop(streams);
     let seconds_build = t0.elapsed().as_secs_f64();
 
     let s = &opts.search;
@@ -713,6 +761,7 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     Ok(SparsityReport {
         input: opts.input.clone(),
         budget: opts.budget,
+        db_inputs: opts.db_inputs,
         levels: levels.clone(),
         units: units.iter().map(|u| (u.name.clone(), u.params())).collect(),
         linear_params,

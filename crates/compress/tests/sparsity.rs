@@ -46,6 +46,7 @@ fn setup(
         targets,
         levels,
         budget: Budget::Sparsity,
+        db_inputs: tersor_compress::DbInputs::Reference,
         calib: CalibConfig {
             path: calib.clone(),
             max_tokens: 1024,
@@ -438,6 +439,57 @@ fn quantized_levels_mix_with_sparsity_under_a_bits_budget() {
     opts.targets = vec![(20.0, None)];
     let e = sparsity::run(&opts, &|_| {}).unwrap_err().to_string();
     assert!(e.contains("bits per weight") && e.contains("reach"), "{e}");
+}
+
+/// A sequential database calibrates each level on the model whose earlier blocks are at
+/// that level, as `tersor prune` does: its all-50 % assignment scores as the prune job's
+/// 50 % model, and differs from the reference-input database's.
+#[test]
+fn sequential_database_levels_are_the_prune_jobs() {
+    let dir = TempDir::new("sparsity-seq");
+    let mut opts = setup(
+        &dir,
+        3,
+        17,
+        vec![(0.5, None)],
+        parse(&["0.5", "drop"]),
+        (1, 1),
+        true,
+    );
+    let (path, calib) = (opts.input.clone(), opts.calib.path.clone());
+    let uniform_kl = |opts: &SparsityOptions| {
+        let r = sparsity::run(opts, &|_| {}).unwrap();
+        let m = &r.targets[0].methods[1];
+        assert_eq!(m.name, "uniform");
+        assert!(m.levels.iter().all(|l| *l == ParamLevel::Sparse(0.5)));
+        m.eval.as_ref().unwrap().kld_mean
+    };
+    let reference = uniform_kl(&opts);
+    opts.db_inputs = tersor_compress::DbInputs::Sequential;
+    let sequential = uniform_kl(&opts);
+
+    let out = dir.path().join("pruned");
+    let mut p = tersor_quantize::prune::PruneOptions::new(
+        path.clone(),
+        out.clone(),
+        tersor_prune::Pattern::Unstructured(0.5),
+        tersor_quantize::prune::PruneMethod::SparseGpt,
+        opts.calib.clone(),
+    );
+    p.dtype = FloatDtype::F32;
+    tersor_quantize::prune::run(&p, &|_| {}).unwrap();
+    let LoadedModel::Decoder { model, .. } = tersor_model::load(&out).unwrap() else {
+        panic!("not a decoder")
+    };
+    let pruned = kl_on_two_windows(&model, &path, &calib);
+    assert!(
+        (sequential - pruned).abs() <= 1e-3 * pruned,
+        "sequential database {sequential} vs tersor prune {pruned}"
+    );
+    assert!(
+        (reference - pruned).abs() > 1e-3 * pruned,
+        "reference-input database {reference} vs tersor prune {pruned}"
+    );
 }
 
 /// An N:M ladder: uniform puts every linear at 2:4, and EvoPress's non-uniform N:M
