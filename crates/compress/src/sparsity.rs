@@ -7,7 +7,8 @@
 //! reference model ─ calibration windows, block by block ─► XᵀX per linear input
 //!   │ level database: every block linear pruned by SparseGPT to every sparsity of the
 //!   │   ladder (0, 10 %, …, 90 % by default), independently, on the reference's
-//!   │   activations, so any combination of levels can be assembled
+//!   │   activations, so any combination of levels can be assembled (or, with
+//!   │   `DbInputs::Sequential`, each level on the model whose earlier blocks are at it)
 //!   ▼
 //! Problem: a unit per linear, cost = its kept weights; budget = the kept weights of
 //!   the target sparsity applied to every linear (so `uniform` meets it exactly)
@@ -533,7 +534,10 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
         }
     };
 
-    // Level database: SparseGPT and ASVD on the reference's activations, block by block.
+    // Level database: SparseGPT and ASVD, block by block, on the reference's activations
+    // or on each level's stream. Every stream's statistics for the current block are
+    // held at once (4 sites' XᵀX each): fine for small models; large ones would want the
+    // GPTQ database's level-major order (build::build_sequential).
     let t0 = Instant::now();
     let cal = Calibration::load(&opts.calib, &tokenizer)?;
     let mut hidden = crate::build::embed_windows(&model, &cal.windows)?;
