@@ -53,7 +53,6 @@ use tersor_prune::pattern::zeros_for;
 use tersor_prune::sparsegpt::sparsegpt_quantized;
 use tersor_prune::sparsegpt::{sparsegpt, SparseGptConfig};
 use tersor_prune::Pattern;
-use tersor_quant::gptq_grid::GptqFormatGrid;
 use tersor_quantize::prune::{sparse_bits, FloatDtype};
 use tersor_quantize::{CalibConfig, Calibration, Collector, GptqSpec, Site, Target};
 use tersor_search::{Assignment, Fitness, GenerationRecord, Problem};
@@ -643,12 +642,9 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
                         (p.weights, None)
                     }
                     ParamLevel::Quantized { pattern, grid } => {
-                        let g = GptqFormatGrid::new(
-                            grid.bits,
-                            grid.group_size.unwrap_or(u.cols),
-                            grid.sym,
-                        )
-                        .map_err(|e| CompressError::Usage(format!("level {level}: {e}")))?;
+                        let g = grid
+                            .grid(u.cols)
+                            .map_err(|e| CompressError::Usage(format!("level {level}: {e}")))?;
                         let (p, _) = sparsegpt_quantized(
                             &w,
                             u.rows,

@@ -203,7 +203,7 @@ pub fn sparse_bits(params: u64, zeros: u64, pattern: Pattern, value_bits: u64) -
 
 /// The grid of `spec` for joint pruning and quantization, or why there is none.
 fn joint_grid(spec: &GptqSpec, opts: &PruneOptions, cols: usize) -> Result<GptqFormatGrid> {
-    GptqFormatGrid::new(spec.bits, spec.group_size.unwrap_or(cols), spec.sym).map_err(|e| {
+    spec.grid(cols).map_err(|e| {
         QuantizeError::Usage(format!("--quantize {spec}: {e} ({})", opts.input.display()))
     })
 }

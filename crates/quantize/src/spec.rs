@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use tersor_ggml::GgmlType;
+use tersor_quant::gptq_grid::GptqFormatGrid;
 use tersor_quant::preset::Preset;
 
 use crate::error::{QuantizeError, Result};
@@ -82,6 +83,14 @@ pub struct GptqSpec {
     pub sym: bool,
     /// Quantize columns in order of decreasing Hessian diagonal (`desc_act`).
     pub act_order: bool,
+}
+
+impl GptqSpec {
+    /// The rounding grid this spec gives a row of `cols` weights: per-channel specs
+    /// (`:pc`) are one group as wide as the row.
+    pub fn grid(&self, cols: usize) -> tersor_quant::Result<GptqFormatGrid> {
+        GptqFormatGrid::new(self.bits, self.group_size.unwrap_or(cols), self.sym)
+    }
 }
 
 impl fmt::Display for GptqSpec {
@@ -251,6 +260,13 @@ mod tests {
             panic!()
         };
         assert_eq!((g.group_size, g.act_order), (None, true));
+        // Per-channel: one group as wide as the row; grouped specs keep their group.
+        assert_eq!(g.grid(576).unwrap().group_size, 576);
+        let Target::Gptq(g) = "gptq:3:g64:asym".parse().unwrap() else {
+            panic!()
+        };
+        let grid = g.grid(576).unwrap();
+        assert_eq!((grid.bits, grid.group_size, grid.sym), (3, 64, false));
         assert!("gptq:5".parse::<Target>().is_err());
         assert!("gptq:4:g33".parse::<Target>().is_err());
         assert!("gptq:4:x".parse::<Target>().is_err());
