@@ -21,7 +21,9 @@
 # a linear's parameters) under the same parameter budgets; its baselines are uniform
 # SparseGPT, uniform ASVD (where the ratios bracket the target) and DP. A third run
 # searches N:M patterns (NM_LEVELS, default dense, 3:4, 2:4 and 1:4 per linear) at 50 %
-# against uniform 2:4.
+# against uniform 2:4. A fourth run adds `skip` to the sparsity ladder (SKIP_LEVELS):
+# the search's units become the 60 attention and MLP sublayers, each at one sparsity on
+# all its linears or skipped whole, under the same parameter budgets.
 #
 # No peer is needed. THREADS (default 2). Finished runs are reused from
 # bench/out/sparsity_table (delete it to measure again).
@@ -38,6 +40,7 @@ chunks="${CHUNKS:-8}"
 generations="${GENERATIONS:-10}"
 nm_levels="${NM_LEVELS:-0,3:4,2:4,1:4}"
 mixed_levels="${MIXED_LEVELS:-0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,drop,lowrank:0.3,lowrank:0.5,lowrank:0.7}"
+skip_levels="${SKIP_LEVELS:-0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,skip}"
 mkdir -p "$out_dir" "$(dirname "$result")"
 
 # shellcheck source=bench/lib.sh
@@ -48,6 +51,7 @@ ref_ppl="$(ref_perplexity "$chunks")"
 tag="t${targets//,/_}.g$generations.c$calib_tokens.e$chunks"
 mixed_tag="$tag.mixed$(echo "$mixed_levels" | cksum | cut -d' ' -f1)"
 nm_tag="t0.5.g$generations.c$calib_tokens.e$chunks.nm$(echo "$nm_levels" | cksum | cut -d' ' -f1)"
+skip_tag="$tag.skip$(echo "$skip_levels" | cksum | cut -d' ' -f1)"
 
 # One compress run per ladder (the default sparsities; the mixed ladder), and its
 # written EvoPress models scored from their files.
@@ -83,6 +87,7 @@ EOF
 run_ladder "$tag" "$targets"
 run_ladder "$mixed_tag" "$targets" --levels "$mixed_levels"
 run_ladder "$nm_tag" 0.5 --levels "$nm_levels"
+run_ladder "$skip_tag" "$targets" --levels "$skip_levels"
 j="$out_dir/$tag.json"
 
 # Sequential uniform SparseGPT (`tersor prune`), scored from its files.
@@ -102,7 +107,7 @@ done
 # A ladder run's table: every allocation scored in memory, EvoPress's written
 # directory scored from its files, then the count of linears at each of EvoPress's levels.
 ladder_rows() {
-    echo "| target | allocation | scored | params removed | factored linears | dropped linears | calib KL | PPL | mean KLD | same top % |"
+    echo "| target | allocation | scored | params removed | factored linears | dropped linears or skipped sublayers | calib KL | PPL | mean KLD | same top % |"
     echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
     python3 - "$out_dir/$1.json" "$out_dir" "$1" <<'EOF'
 import json, sys
@@ -111,7 +116,7 @@ for t in r["targets"]:
     pct = round(t["target"] * 100)
     for i, m in enumerate(t["methods"]):
         e = m["eval"]
-        drops = sum(1 for l in m["levels"] if l == "drop")
+        drops = sum(1 for l in m["levels"] if l in ("drop", "skip"))
         print(f"| {pct} % | {m['name']} (database) | f32, in memory | {m['sparsity']:.4f} | {m['factored']} | {drops} | {m['fitness']:.4f} "
               f"| {e['perplexity']:.2f} ± {e['perplexity_uncertainty']:.2f} | {e['kld_mean']:.4f} | {e['same_top_percent']:.1f} |")
         if i == 0:
@@ -123,7 +128,7 @@ for t in r["targets"]:
     counts = {}
     for l in t["methods"][0]["levels"]:
         counts[l] = counts.get(l, 0) + 1
-    print(f"EvoPress at {round(t['target'] * 100)} %, linears per level: "
+    print(f"EvoPress at {round(t['target'] * 100)} %, units per level: "
           + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + ".")
     print()
 EOF
@@ -196,6 +201,13 @@ EOF
     echo
     ladder_rows "$nm_tag"
     wall_times "$nm_tag" "N:M run wall time"
+    echo
+    echo "## Skipped sublayers mixed with sparsity"
+    echo
+    echo "Ladder \`$skip_levels\`: with \`skip\` the search's units are the 60 sublayers (attention: q, k, v, o; MLP: gate, up, down), each at one SparseGPT sparsity on all its linears (the same database as the first run) or skipped whole (its residual branch adds nothing; a block whose two sublayers are skipped is left out of the written directory). Budget: the same parameter counts as above. Compare with the first run's per-linear EvoPress (finer units, no skips) and with \`tersor depth\` (skips only, depth_table.md)."
+    echo
+    ladder_rows "$skip_tag"
+    wall_times "$skip_tag" "Skip run wall time"
 } > "$result.tmp"
 mv "$result.tmp" "$result"
 echo "wrote $result" >&2

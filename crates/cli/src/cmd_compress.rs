@@ -24,7 +24,7 @@ pub struct CompressArgs {
     /// Output family: gguf (the budget is the whole file; the default), gptq (a GPTQ
     /// checkpoint directory; the budget counts the blocks' linear layers) or dense (a
     /// Hugging Face directory holding each level's values densely; --levels mixes
-    /// sparsity, N:M, low rank and drop with GPTQ grids, like 0.5+gptq:4:g128, and the
+    /// sparsity, N:M, low rank, drop and skip with GPTQ grids, like 0.5+gptq:4:g128, and the
     /// budget counts the linears' payload: kept values, masks, scales, factors).
     #[arg(long, value_name = "FORMAT")]
     format: Option<String>,
@@ -40,8 +40,11 @@ pub struct CompressArgs {
     /// Budget as a global sparsity of the block linears (0.6 or 60%: the share of their
     /// parameters removed): EvoPress chooses each linear's level among --levels (SparseGPT
     /// at 0, 10 %, …, 90 % by default; also `lowrank:R`, activation-aware SVD factors
-    /// holding R of the parameters, and `drop`, the linear removed) and the result is a
-    /// Hugging Face directory (zeros stored, factored linears as their two factors).
+    /// holding R of the parameters, `drop`, the linear removed, and `skip`, whole
+    /// sublayers skipped: the search's units are then the attention and MLP sublayers,
+    /// each at one level on all its linears) and the result is a Hugging Face directory
+    /// (zeros stored, factored linears as their two factors, blocks whose two sublayers
+    /// are skipped left out).
     /// Several targets (0.5,0.6,0.7) share one level database; -o is then a parent
     /// directory.
     #[arg(
@@ -66,7 +69,7 @@ pub struct CompressArgs {
 
     /// Level kinds, comma-separated (default: Q4_0,IQ4_NL,Q5_0,Q8_0 on 32-block rows and
     /// Q2_K..Q6_K,Q8_0 on 256-multiple rows; gptq: gptq:{2,3,4,8}:g{32,64,128};
-    /// with --target-sparsity: sparsities 0,0.1,...,0.9, and lowrank:R or drop levels;
+    /// with --target-sparsity: sparsities 0,0.1,...,0.9, and lowrank:R, drop or skip levels;
     /// dense: gptq:3:g128,gptq:4:g128 and 0.5/0.6/0.7+gptq:4:g128).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     levels: Vec<String>,

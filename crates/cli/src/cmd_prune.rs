@@ -1,5 +1,5 @@
 //! `tersor prune`: remove weights (magnitude, Wanda, SparseGPT; unstructured or N:M) and
-//! write a dense Hugging Face directory.
+//! write a dense Hugging Face directory, or a GGUF file for a GGUF input.
 
 use std::path::PathBuf;
 
@@ -58,8 +58,10 @@ pub struct PruneArgs {
     #[arg(long, value_name = "SPEC")]
     quantize: Option<String>,
 
-    /// Output directory (Hugging Face layout: config.json, model.safetensors, tokenizer).
-    #[arg(long, short = 'o', value_name = "DIR")]
+    /// Output directory (Hugging Face layout: config.json, model.safetensors, tokenizer),
+    /// or OUT.gguf for a GGUF input: its header and tokenizer, the block linears as
+    /// --dtype with their zeros, every other tensor copied unchanged.
+    #[arg(long, short = 'o', value_name = "DIR|OUT.gguf")]
     output: PathBuf,
 
     /// Print one JSON object instead of a summary.

@@ -639,6 +639,123 @@ fn prune_default_lm_to_two_of_four() {
     assert!(!bad.exists());
 }
 
+#[test]
+fn prune_default_lm_to_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("pruned.gguf");
+    let hf = dir.path().join("pruned");
+    let lm = default_lm();
+    let prune = |out: &Path| {
+        json(&[
+            "prune",
+            s(&lm),
+            "--pattern",
+            "2:4",
+            "--method",
+            "magnitude",
+            "-o",
+            s(out),
+            "--json",
+            "-q",
+        ])
+    };
+    let v = prune(&gguf);
+    let zeros = v["linear_zeros"].as_u64().unwrap();
+    assert!(zeros >= v["linear_params"].as_u64().unwrap() / 2, "{zeros}");
+    assert_eq!(v["params"], LM_PARAMS);
+    assert_eq!(
+        v["file_bytes"].as_u64().unwrap(),
+        std::fs::metadata(&gguf).unwrap().len()
+    );
+
+    // The gguf package reads the file: the block linears are F16 with at most 2
+    // nonzeros in every 4 inputs and exactly the zeros the summary counts; every other
+    // tensor is the input's, byte for byte.
+    if python_gguf() {
+        let script = r#"
+import sys
+import numpy as np
+from gguf import GGUFReader
+out, src = GGUFReader(sys.argv[1]), GGUFReader(sys.argv[2])
+src = {t.name: t for t in src.tensors}
+linears = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+zeros = over = n = 0
+for t in out.tensors:
+    if t.name.startswith("blk.") and t.name.split(".")[2] in linears:
+        assert t.tensor_type.name == "F16", (t.name, t.tensor_type.name)
+        groups = np.asarray(t.data, dtype=np.float32).reshape(-1, 4)
+        over += int(((groups != 0).sum(axis=1) > 2).sum())
+        zeros += int((groups == 0).sum())
+        n += 1
+    else:
+        s = src[t.name]
+        assert s.tensor_type == t.tensor_type, t.name
+        assert s.data.tobytes() == t.data.tobytes(), t.name
+print(n, over, zeros, int(out.fields["general.file_type"].parts[-1][0]))
+"#;
+        let out = Command::new("python3")
+            .args(["-c", script, s(&gguf), s(&lm)])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        // 30 blocks × 7 linears, none over 2:4, LLAMA_FTYPE_MOSTLY_F16.
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("210 0 {zeros} 1")
+        );
+    }
+
+    // The directory output holds the same linears: tersor scores the two files alike.
+    // Only the embedding differs (the GGUF keeps the input's Q4_1 codes, the directory
+    // rounds them to f16), so KL is tiny but not zero.
+    prune(&hf);
+    let e = json(&[
+        "eval",
+        s(&gguf),
+        "--ref",
+        s(&hf),
+        "--max-windows",
+        "1",
+        "--json",
+        "-q",
+    ]);
+    let kl = e["perplexity"]["kl"]["kld_mean"].as_f64().unwrap();
+    assert!(kl < 1e-4, "{kl}");
+
+    // GGUF output needs a GGUF decoder input (its header) and plain linears; nothing is
+    // written.
+    let bad = dir.path().join("bad.gguf");
+    let encoder = default_encoder();
+    for (args, want) in [
+        (
+            vec![
+                "prune",
+                s(&encoder),
+                "--sparsity",
+                "0.5",
+                "--method",
+                "magnitude",
+            ],
+            "sentence encoders are written as Hugging Face directories",
+        ),
+        (
+            vec!["prune", s(&hf), "--pattern", "2:4", "--method", "magnitude"],
+            "is a Hugging Face directory",
+        ),
+        (
+            vec!["lowrank", s(&lm), "--ratio", "0.5", "--method", "svd"],
+            "low-rank factors have no GGUF layout",
+        ),
+    ] {
+        let mut a = args.clone();
+        a.extend(["-o", s(&bad), "-q"]);
+        let o = tersor(&a);
+        assert_eq!(o.status.code(), Some(1), "{a:?}");
+        assert!(stderr(&o).contains(want), "{a:?}: {}", stderr(&o));
+    }
+    assert!(!bad.exists());
+}
+
 /// `tersor pack` / `unpack` on the default LM and the encoder folder: bit-exact,
 /// and `inspect` reads the packed files as it reads the originals.
 #[test]

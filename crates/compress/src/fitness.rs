@@ -81,8 +81,9 @@ struct Caches {
 pub struct Evaluator {
     reference: Llama,
     units: Vec<Unit>,
-    /// `weights[unit][level]`, `[rows, cols]` f32.
-    weights: Vec<Vec<Tensor>>,
+    /// `weights[unit][level]`: the unit's tensor, `[rows, cols]` f32, or a sublayer
+    /// unit's linears in [`crate::units::Sublayer::kinds`] order.
+    weights: Vec<Vec<Vec<Tensor>>>,
     windows: Vec<Window>,
     stage_windows: Vec<usize>,
     batch: usize,
@@ -140,13 +141,53 @@ impl Evaluator {
         batch: usize,
         top_k: Option<usize>,
     ) -> Result<Self> {
+        let weights = weights
+            .into_iter()
+            .map(|lv| lv.into_iter().map(|w| vec![w]).collect())
+            .collect();
+        Self::from_tensor_levels(
+            reference,
+            units,
+            weights,
+            windows,
+            stage_windows,
+            batch,
+            top_k,
+        )
+    }
+
+    /// [`Evaluator::from_levels`] where a level may set several tensors:
+    /// `weights[unit][level]` is one tensor, or a [`UnitRef::Sublayer`] unit's linears
+    /// in [`crate::units::Sublayer::kinds`] order.
+    pub fn from_tensor_levels(
+        reference: Llama,
+        units: Vec<Unit>,
+        weights: Vec<Vec<Vec<Tensor>>>,
+        windows: Vec<Vec<u32>>,
+        stage_windows: Vec<usize>,
+        batch: usize,
+        top_k: Option<usize>,
+    ) -> Result<Self> {
         check_stages(&stage_windows, windows.len())?;
-        if weights.len() != units.len()
-            || units
-                .iter()
-                .zip(&weights)
-                .any(|(u, lv)| lv.is_empty() || lv.iter().any(|w| w.dims() != [u.rows, u.cols]))
-        {
+        let shapes = |u: &Unit| -> Result<Vec<Vec<usize>>> {
+            Ok(match u.what {
+                UnitRef::Sublayer(l, s) => s
+                    .kinds()
+                    .iter()
+                    .map(|&k| Ok(reference.linear_weight(l, k)?.dims().to_vec()))
+                    .collect::<Result<_>>()?,
+                _ => vec![vec![u.rows, u.cols]],
+            })
+        };
+        let mut ok = weights.len() == units.len();
+        for (u, lv) in units.iter().zip(&weights) {
+            let want = shapes(u)?;
+            ok &= !lv.is_empty()
+                && lv.iter().all(|ws| {
+                    ws.len() == want.len() && ws.iter().zip(&want).all(|(w, d)| w.dims() == d)
+                });
+        }
+        if !ok {
             return Err(CompressError::Invariant(
                 "every unit needs at least one level of its own shape".into(),
             ));
@@ -215,14 +256,25 @@ impl Evaluator {
         let mut m = self.reference.clone();
         for ((u, levels), c) in self.units.iter().zip(&self.weights).zip(choice) {
             let Some(l) = c else { continue };
-            let w = levels
+            let mut ws = levels
                 .get(*l as usize)
                 .cloned()
-                .ok_or_else(|| CompressError::Invariant(format!("{}: no level {l}", u.name)))?;
+                .ok_or_else(|| CompressError::Invariant(format!("{}: no level {l}", u.name)))?
+                .into_iter();
+            let mut w = || {
+                ws.next().ok_or_else(|| {
+                    CompressError::Invariant(format!("{}: level {l} lacks a tensor", u.name))
+                })
+            };
             match u.what {
-                UnitRef::Embedding => m.set_embedding(w)?,
-                UnitRef::Output => m.set_output_weight(w)?,
-                UnitRef::Linear(layer, kind) => m.set_linear_weight(layer, kind, w)?,
+                UnitRef::Embedding => m.set_embedding(w()?)?,
+                UnitRef::Output => m.set_output_weight(w()?)?,
+                UnitRef::Linear(layer, kind) => m.set_linear_weight(layer, kind, w()?)?,
+                UnitRef::Sublayer(layer, s) => {
+                    for &kind in s.kinds() {
+                        m.set_linear_weight(layer, kind, w()?)?;
+                    }
+                }
             }
         }
         Ok(m)

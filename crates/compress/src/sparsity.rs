@@ -32,6 +32,10 @@
 //! Each linear's levels are sorted by kept parameters, whatever their kind, so a level
 //! switch may trade sparsity in one linear for rank in another.
 //!
+//! Depth mixes in with `skip` (EvoPress §4.1's sublayer dropping): the units become the
+//! attention and MLP sublayers, each taking one level on all its linears or skipped
+//! whole, so a search may skip one sublayer to keep others denser.
+//!
 //! Mixed with bit-widths ([`Budget::Bpw`]): levels may also be SparseGPT jointly with
 //! GPTQ-grid quantization of the kept weights (`0.5+gptq:4:g128`, `2:4+gptq:4:g128`,
 //! or `gptq:3:g128` = GPTQ alone). Then every level is costed by its payload in bits (the
@@ -45,7 +49,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Serialize, Serializer};
 use tersor_model::{LinearKind, LoadedModel};
 use tersor_prune::lowrank::{asvd, rank_for_ratio};
@@ -58,7 +62,7 @@ use tersor_quantize::{CalibConfig, Calibration, Collector, GptqSpec, Site, Targe
 use tersor_search::{Assignment, Fitness, GenerationRecord, Problem};
 
 use crate::fitness::Evaluator;
-use crate::units::{Unit, UnitRef};
+use crate::units::{Sublayer, Unit, UnitRef};
 use crate::{CompressError, DbInputs, EvalFigures, Event, MemoLm, Result, SearchOptions};
 
 /// The default sparsity ladder of every linear.
@@ -81,6 +85,11 @@ pub enum ParamLevel {
     /// SparseGPT at `pattern` jointly with quantization of the kept weights onto `grid`
     /// (at sparsity 0: GPTQ). Costed in bits, so only under [`Budget::Bpw`].
     Quantized { pattern: Pattern, grid: GptqSpec },
+    /// A whole sublayer (attention or MLP) skipped: its residual branch adds nothing.
+    /// With this level the search's units are sublayers (each taking one level on all
+    /// its linears) instead of single linears; a block whose two sublayers are skipped
+    /// is left out of the written model.
+    Skip,
 }
 
 /// What a target counts.
@@ -100,6 +109,7 @@ pub enum Family {
     NM,
     LowRank,
     Quantized,
+    Skip,
 }
 
 impl Family {
@@ -110,6 +120,7 @@ impl Family {
             Family::NM => "uniform-nm",
             Family::LowRank => "uniform-lowrank",
             Family::Quantized => "uniform-quantized",
+            Family::Skip => "skip",
         }
     }
 }
@@ -121,6 +132,7 @@ impl ParamLevel {
             ParamLevel::NM { .. } => Family::NM,
             ParamLevel::LowRank(_) => Family::LowRank,
             ParamLevel::Quantized { .. } => Family::Quantized,
+            ParamLevel::Skip => Family::Skip,
         }
     }
 
@@ -131,6 +143,7 @@ impl ParamLevel {
             ParamLevel::NM { n, m } => (m - n) as f64 / m as f64,
             ParamLevel::LowRank(r) => 1.0 - r,
             ParamLevel::Quantized { pattern, .. } => pattern.sparsity(),
+            ParamLevel::Skip => 1.0,
         }
     }
 
@@ -150,6 +163,7 @@ impl ParamLevel {
                 Pattern::Unstructured(s) => ParamLevel::Sparse(s).kept(rows, cols),
                 Pattern::NM { n, m } => ParamLevel::NM { n, m }.kept(rows, cols),
             },
+            ParamLevel::Skip => Some(0),
         }
     }
 
@@ -172,6 +186,7 @@ impl ParamLevel {
                 let groups = (rows * cols.div_ceil(grid.group_size.unwrap_or(cols))) as u64;
                 sparse_bits(n, n - kept, pattern, b) + groups * (16 + b)
             }
+            ParamLevel::Skip => unreachable!("keeps nothing"),
         })
     }
 
@@ -196,6 +211,7 @@ impl fmt::Display for ParamLevel {
                 grid,
             } if *s == 0.0 => write!(f, "{grid}"),
             ParamLevel::Quantized { pattern, grid } => write!(f, "{pattern}+{grid}"),
+            ParamLevel::Skip => f.write_str("skip"),
         }
     }
 }
@@ -204,7 +220,8 @@ impl FromStr for ParamLevel {
     type Err = String;
 
     /// `0.5` / `50%` (sparsity), `2:4` (N:M), `lowrank:0.6` (factors holding 60 % of
-    /// the parameters), `drop` (the linear removed); `0.5+gptq:4:g128` / `2:4+gptq:4:g128`
+    /// the parameters), `drop` (the linear removed), `skip` (the whole sublayer
+    /// skipped); `0.5+gptq:4:g128` / `2:4+gptq:4:g128`
     /// (SparseGPT jointly with quantization of the kept weights), `gptq:3:g128` (GPTQ).
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let s = s.trim();
@@ -244,6 +261,9 @@ impl FromStr for ParamLevel {
         if s == "drop" {
             return Ok(ParamLevel::Sparse(1.0));
         }
+        if s == "skip" {
+            return Ok(ParamLevel::Skip);
+        }
         if let Some(r) = s.strip_prefix("lowrank:") {
             return match frac(r) {
                 Some(r) if r > 0.0 && r < 1.0 => Ok(ParamLevel::LowRank(r)),
@@ -265,7 +285,7 @@ impl FromStr for ParamLevel {
             Some(x) if (0.0..1.0).contains(&x) => Ok(ParamLevel::Sparse(x)),
             _ => Err(format!(
                 "`{s}`: expected a sparsity like 0.5 or 50%, an N:M pattern like 2:4, a \
-                 low-rank level like lowrank:0.6, or drop"
+                 low-rank level like lowrank:0.6, drop or skip"
             )),
         }
     }
@@ -322,7 +342,7 @@ pub struct SparsityMethod {
     /// Last-stage calibration fitness (mean KL).
     pub fitness: f64,
     pub eval: Option<EvalFigures>,
-    /// Level of each linear, in unit order.
+    /// Level of each unit (a linear, or a sublayer with `skip`), in unit order.
     pub levels: Vec<ParamLevel>,
 }
 
@@ -333,7 +353,8 @@ pub struct SparsityReport {
     pub db_inputs: DbInputs,
     /// The ladder, most parameters removed first.
     pub levels: Vec<ParamLevel>,
-    /// The block linears, `blk.L.attn_q.weight` …, and their parameters.
+    /// The search's units and their parameters: the block linears
+    /// (`blk.L.attn_q.weight` …), or with `skip` the sublayers (`blk.L.attn`, `blk.L.mlp`).
     pub units: Vec<(String, u64)>,
     pub linear_params: u64,
     pub fitness_tokens: Vec<usize>,
@@ -404,11 +425,24 @@ fn ladder(levels: &[ParamLevel], targets: &[f64], budget: Budget) -> Result<Vec<
             Pattern::Unstructured(s) => !(*s >= 0.0 && *s < 1.0),
             Pattern::NM { n, m } => n >= m,
         },
+        ParamLevel::Skip => false,
     }) {
         return Err(CompressError::Usage(format!(
             "level {bad}: expected a sparsity 0 <= s <= 1, an N:M pattern with N < M or a \
              low-rank ratio 0 < r < 1"
         )));
+    }
+    if levels.contains(&ParamLevel::Skip) {
+        if let Some(bad) = levels
+            .iter()
+            .find(|l| matches!(l, ParamLevel::LowRank(_) | ParamLevel::Sparse(1.0)))
+        {
+            return Err(CompressError::Usage(format!(
+                "level {bad} with skip: skip searches whole sublayers, each at one level on \
+                 all its linears; low-rank factors are per linear, and a dropped sublayer \
+                 is skip itself"
+            )));
+        }
     }
     let mut l = levels.to_vec();
     l.sort_by(|a, b| {
@@ -418,8 +452,13 @@ fn ladder(levels: &[ParamLevel], targets: &[f64], budget: Budget) -> Result<Vec<
     });
     l.dedup();
     // A bits budget is checked against the model's achievable range once the linears'
-    // shapes are known.
-    for &target in targets.iter().filter(|_| budget == Budget::Sparsity) {
+    // shapes are known; with `skip` every sparsity is reachable (all skipped keeps
+    // nothing), though no uniform baseline may bracket it.
+    let skip = levels.contains(&ParamLevel::Skip);
+    for &target in targets
+        .iter()
+        .filter(|_| budget == Budget::Sparsity && !skip)
+    {
         if uniform_kinds(&l, target).is_empty() {
             return Err(CompressError::Usage(format!(
                 "--target-sparsity {target} is outside the levels {}: the sparsity levels \
@@ -463,24 +502,91 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     };
     let n_layers = model.n_layers();
 
-    // Units, and each one's levels sorted by cost (kept parameters or bits; level 0 =
-    // the cheapest, as [`Problem`] wants); a level that costs as much as a cheaper one
-    // is left out.
-    let units = crate::units::block_linears(&model)?;
-    let unit_levels: Vec<Vec<(ParamLevel, u64)>> = units
+    // The linears, and each one's levels sorted by cost (kept parameters or bits;
+    // level 0 = the cheapest, as [`Problem`] wants); a level that costs as much as a
+    // cheaper one is left out, unless sublayers are the units (each of a sublayer's
+    // linears must then have every level the sublayer takes).
+    let sublayers = levels.contains(&ParamLevel::Skip);
+    let linears = crate::units::block_linears(&model)?;
+    let linear_levels: Vec<Vec<(ParamLevel, u64)>> = linears
         .iter()
         .map(|u| {
             let mut v: Vec<(ParamLevel, u64)> = levels
                 .iter()
+                .filter(|&&lv| lv != ParamLevel::Skip)
                 .filter_map(|&lv| lv.cost(u.rows, u.cols, opts.budget).map(|k| (lv, k)))
                 .collect();
             // `levels` is most-removed first, so a stable sort keeps sparsity before
             // low rank at equal cost.
             v.sort_by_key(|&(_, k)| k);
-            v.dedup_by_key(|&mut (_, k)| k);
+            if !sublayers {
+                v.dedup_by_key(|&mut (_, k)| k);
+            }
             v
         })
         .collect();
+    // The search's units: the linears, or the sublayers, each with `skip` and the
+    // levels all its linears have, costed as their sum (their linears' indices in
+    // `members`).
+    let (units, members) = if sublayers {
+        sublayer_units(&linears)?
+    } else {
+        (
+            linears.clone(),
+            (0..linears.len()).map(|i| vec![i]).collect(),
+        )
+    };
+    let unit_levels: Vec<Vec<(ParamLevel, u64)>> = if sublayers {
+        members
+            .iter()
+            .map(|ms| {
+                let mut v: Vec<(ParamLevel, u64)> = levels
+                    .iter()
+                    .filter_map(|&lv| {
+                        if lv == ParamLevel::Skip {
+                            return Some((lv, 0));
+                        }
+                        let cost = |m: usize| {
+                            linear_levels[m]
+                                .iter()
+                                .find(|(l, _)| *l == lv)
+                                .map(|&(_, k)| k)
+                        };
+                        ms.iter()
+                            .map(|&m| cost(m))
+                            .sum::<Option<u64>>()
+                            .map(|k| (lv, k))
+                    })
+                    .collect();
+                // `skip` first among levels that keep nothing.
+                v.sort_by_key(|&(l, k)| (k, l != ParamLevel::Skip));
+                v.dedup_by_key(|&mut (_, k)| k);
+                v
+            })
+            .collect()
+    } else {
+        linear_levels.clone()
+    };
+    // Each unit level's payload bits and kept parameters, summed over its linears.
+    let level_sums = |f: fn(ParamLevel, usize, usize) -> Option<u64>| -> Vec<Vec<u64>> {
+        members
+            .iter()
+            .zip(&unit_levels)
+            .map(|(ms, lv)| {
+                lv.iter()
+                    .map(|&(l, _)| {
+                        ms.iter()
+                            .map(|&m| {
+                                f(l, linears[m].rows, linears[m].cols)
+                                    .expect("a unit's levels apply to its linears")
+                            })
+                            .sum()
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let (level_bits, level_kept) = (level_sums(ParamLevel::bits), level_sums(ParamLevel::kept));
     let search_units: Vec<tersor_search::Unit> = units
         .iter()
         .zip(&unit_levels)
@@ -500,13 +606,13 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
                 .join(",")
         )));
     }
-    let linear_params: u64 = units.iter().map(|u| u.params()).sum();
+    let linear_params: u64 = linears.iter().map(|u| u.params()).sum();
     let budgets: Vec<u64> = match opts.budget {
         // The kept weights of the target sparsity applied to every linear.
         Budget::Sparsity => target_list
             .iter()
             .map(|&t| {
-                units
+                linears
                     .iter()
                     .map(|u| (u.params() as usize - zeros_for(u.params() as usize, t)) as u64)
                     .sum()
@@ -548,18 +654,21 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
         DbInputs::Sequential => levels
             .iter()
             .copied()
-            .filter(|l| !matches!(l, ParamLevel::Sparse(s) if *s == 0.0 || *s >= 1.0))
+            .filter(|l| {
+                !matches!(l, ParamLevel::Sparse(s) if *s == 0.0 || *s >= 1.0)
+                    && *l != ParamLevel::Skip
+            })
             .collect(),
     };
     let mut streams: Vec<Vec<Tensor>> = vec![hidden.clone(); calibrated.len()];
-    let total_levels: usize = unit_levels.iter().map(|l| l.len()).sum();
+    let total_levels: usize = linear_levels.iter().map(|l| l.len()).sum();
     progress(Event::BuildStart {
-        units: units.len(),
+        units: linears.len(),
         levels: total_levels,
     });
-    let mut weights: Vec<Vec<Tensor>> = Vec::with_capacity(units.len());
-    let mut factors: Vec<Vec<Option<(Tensor, Tensor)>>> = Vec::with_capacity(units.len());
-    let mut output_errors: Vec<Vec<f64>> = Vec::with_capacity(units.len());
+    let mut weights: Vec<Vec<Tensor>> = Vec::with_capacity(linears.len());
+    let mut factors: Vec<Vec<Option<(Tensor, Tensor)>>> = Vec::with_capacity(linears.len());
+    let mut output_errors: Vec<Vec<f64>> = Vec::with_capacity(linears.len());
     let mut done = 0;
     for l in 0..n_layers {
         let first_unit = weights.len();
@@ -585,7 +694,7 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
         let mut h_site: [Option<Tensor>; 4] = Default::default();
         for kind in LinearKind::ALL {
             let ui = weights.len();
-            let u = &units[ui];
+            let u = &linears[ui];
             let site = Site::of(kind) as usize;
             let xtx = &stats[site].xtx;
             let w = model
@@ -606,15 +715,16 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
                 path: opts.input.clone(),
                 msg: format!("{}: {e}", u.name),
             };
-            let mut lv = Vec::with_capacity(unit_levels[ui].len());
-            let mut fs = Vec::with_capacity(unit_levels[ui].len());
-            let mut errs = Vec::with_capacity(unit_levels[ui].len());
-            for &(level, _) in &unit_levels[ui] {
+            let mut lv = Vec::with_capacity(linear_levels[ui].len());
+            let mut fs = Vec::with_capacity(linear_levels[ui].len());
+            let mut errs = Vec::with_capacity(linear_levels[ui].len());
+            for &(level, _) in &linear_levels[ui] {
                 let xtx = match calibrated.iter().position(|c| *c == level) {
                     Some(k) => &stream_stats[k][site].xtx,
                     None => xtx,
                 };
                 let (dense, f) = match level {
+                    ParamLevel::Skip => unreachable!("not a linear's level"),
                     ParamLevel::Sparse(0.0) => (w.clone(), None),
                     ParamLevel::Sparse(s) if s >= 1.0 => (vec![0.0; w.len()], None),
                     ParamLevel::Sparse(s) => {
@@ -687,7 +797,7 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
             let mut at_level = model.clone();
             for (i, kind) in LinearKind::ALL.into_iter().enumerate() {
                 let ui = first_unit + i;
-                if let Some(j) = unit_levels[ui].iter().position(|(lv, _)| lv == level) {
+                if let Some(j) = linear_levels[ui].iter().position(|(lv, _)| lv == level) {
                     at_level.set_linear_weight(l, kind, weights[ui][j].clone())?;
                 }
             }
@@ -706,10 +816,50 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
         .iter()
         .map(|&n| n.min(cal.windows.len()))
         .collect();
-    let eval = Evaluator::from_levels(
+    // Each unit level's tensors (a sublayer's linears in `Sublayer::kinds` order, zeros
+    // where it is skipped), factors and relative output error (a sublayer's: its
+    // linears' mean; skipped, ΔW = W: 1).
+    let mut unit_weights: Vec<Vec<Vec<Tensor>>> = Vec::with_capacity(units.len());
+    let mut unit_errors: Vec<Vec<f64>> = Vec::with_capacity(units.len());
+    for (ms, lv) in members.iter().zip(&unit_levels) {
+        let mut ws = Vec::with_capacity(lv.len());
+        let mut es = Vec::with_capacity(lv.len());
+        for &(level, _) in lv {
+            let mut ts = Vec::with_capacity(ms.len());
+            let mut e = 0.0;
+            for &m in ms {
+                if level == ParamLevel::Skip {
+                    let u = &linears[m];
+                    ts.push(Tensor::zeros((u.rows, u.cols), DType::F32, &Device::Cpu)?);
+                    e += 1.0;
+                    continue;
+                }
+                let j = linear_levels[m]
+                    .iter()
+                    .position(|(l, _)| *l == level)
+                    .ok_or_else(|| {
+                        CompressError::Invariant(format!("{}: no level {level}", linears[m].name))
+                    })?;
+                ts.push(weights[m][j].clone());
+                e += output_errors[m][j];
+            }
+            ws.push(ts);
+            es.push(e / ms.len() as f64);
+        }
+        unit_weights.push(ws);
+        unit_errors.push(es);
+    }
+    drop(weights);
+    let factors: Vec<Vec<Option<(Tensor, Tensor)>>> = if sublayers {
+        // No factored levels with `skip` (checked by `ladder`).
+        unit_levels.iter().map(|lv| vec![None; lv.len()]).collect()
+    } else {
+        factors
+    };
+    let eval = Evaluator::from_tensor_levels(
         model.clone(),
         units.clone(),
-        weights,
+        unit_weights,
         cal.windows.clone(),
         stage_windows.clone(),
         s.batch,
@@ -729,12 +879,13 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
         .iter()
         .map(|lv| match lv[0] {
             (ParamLevel::Sparse(s), _) if s >= 1.0 => vec![0, 1],
+            (ParamLevel::Skip, _) => vec![0, 1],
             // An N:M level keeping nothing (`0:4`) is scaled from level 1 instead.
             (_, 0) => vec![1],
             _ => vec![0],
         })
         .collect();
-    let table = eval.unit_table_anchored(0, &output_errors, &anchors, &report)?;
+    let table = eval.unit_table_anchored(0, &unit_errors, &anchors, &report)?;
     let seconds_table = t1.elapsed().as_secs_f64();
 
     let reference = MemoLm::new(&model);
@@ -745,6 +896,8 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
         units: &units,
         levels: &levels,
         unit_levels: &unit_levels,
+        level_bits: &level_bits,
+        level_kept: &level_kept,
         factors: &factors,
         table: &table,
         linear_params,
@@ -774,6 +927,44 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     })
 }
 
+/// The sublayers of a model as search units (`blk.3.attn`, `blk.3.mlp`, `tersor
+/// depth`'s names), each with its linears' indices in `linears` ([`Sublayer::kinds`]
+/// order).
+fn sublayer_units(linears: &[Unit]) -> Result<(Vec<Unit>, Vec<Vec<usize>>)> {
+    let n_layers = linears
+        .iter()
+        .map(|u| u.first_layer(0) + 1)
+        .max()
+        .unwrap_or(0);
+    let (mut units, mut members) = (Vec::new(), Vec::new());
+    for l in 0..n_layers {
+        for s in Sublayer::BOTH {
+            let ms = s
+                .kinds()
+                .iter()
+                .map(|&k| {
+                    linears
+                        .iter()
+                        .position(|u| u.what == UnitRef::Linear(l, k))
+                        .ok_or_else(|| {
+                            CompressError::Invariant(format!("block {l} lacks its {k} linear"))
+                        })
+                })
+                .collect::<Result<Vec<usize>>>()?;
+            let params: u64 = ms.iter().map(|&m| linears[m].params()).sum();
+            units.push(Unit {
+                name: format!("blk.{l}.{}", s.tag()),
+                what: UnitRef::Sublayer(l, s),
+                rows: params as usize,
+                cols: 1,
+                kinds: Vec::new(),
+            });
+            members.push(ms);
+        }
+    }
+    Ok((units, members))
+}
+
 /// What every target's search shares.
 struct TargetCtx<'a> {
     eval: &'a Evaluator,
@@ -781,8 +972,11 @@ struct TargetCtx<'a> {
     tokenizer: &'a tersor_model::TextTokenizer,
     units: &'a [Unit],
     levels: &'a [ParamLevel],
-    /// Each unit's levels and kept parameters, in its level order.
+    /// Each unit's levels and costs, in its level order.
     unit_levels: &'a [Vec<(ParamLevel, u64)>],
+    /// Each unit level's payload bits and kept parameters.
+    level_bits: &'a [Vec<u64>],
+    level_kept: &'a [Vec<u64>],
     /// The factors of each unit's low-rank levels (written as `weight_a` / `weight_b`).
     factors: &'a [Vec<Option<(Tensor, Tensor)>>],
     table: &'a [Vec<f64>],
@@ -854,6 +1048,7 @@ fn uniform_bits(c: &TargetCtx<'_>, problem: &Problem) -> Option<Assignment> {
     let (level, a) = c
         .levels
         .iter()
+        .filter(|&&lv| lv != ParamLevel::Skip)
         .filter_map(|&lv| at(lv).map(|a| (lv, a)))
         .filter(|(_, a)| problem.fits(a))
         .max_by_key(|(_, a)| problem.cost(a))?;
@@ -947,23 +1142,21 @@ fn search_target(
                 factor_saving += unit.params() - p;
                 continue;
             }
-            let UnitRef::Linear(l, k) = unit.what else {
-                unreachable!("sparsity units are linears")
+            let (l, kinds) = match unit.what {
+                UnitRef::Linear(l, k) => (l, vec![k]),
+                UnitRef::Sublayer(l, s) => (l, s.kinds().to_vec()),
+                _ => unreachable!("sparsity units are linears or sublayers"),
             };
-            let w = m.linear_weight(l, k)?.flatten_all()?.to_vec1::<f32>()?;
-            zeros += w.iter().filter(|&&x| x == 0.0).count() as u64;
+            for k in kinds {
+                let w = m.linear_weight(l, k)?.flatten_all()?.to_vec1::<f32>()?;
+                zeros += w.iter().filter(|&&x| x == 0.0).count() as u64;
+            }
         }
         let removed = zeros + factor_saving;
         let bits: u64 = a
             .iter()
             .enumerate()
-            .map(|(u, &l)| {
-                let unit = &units[u];
-                c.unit_levels[u][l as usize]
-                    .0
-                    .bits(unit.rows, unit.cols)
-                    .expect("a unit's levels apply to it")
-            })
+            .map(|(u, &l)| c.level_bits[u][l as usize])
             .sum();
         methods.push(SparsityMethod {
             name: name.clone(),
@@ -992,26 +1185,35 @@ fn search_target(
                 m.set_linear_factors(l, k, fa.clone(), fb.clone())?;
             }
         }
-        tersor_quantize::write_dense_dir(&opts.input, out, &m, opts.dtype)?;
+        // Skipped sublayers as `tersor depth` writes them: a block without either is
+        // left out.
+        let skipped: Vec<String> = units
+            .iter()
+            .zip(&state.parent)
+            .enumerate()
+            .filter(|&(u, (_, &l))| c.unit_levels[u][l as usize].0 == ParamLevel::Skip)
+            .map(|(_, (unit, _))| unit.name.clone())
+            .collect();
+        if skipped.is_empty() {
+            tersor_quantize::write_dense_dir(&opts.input, out, &m, opts.dtype)?;
+        } else {
+            crate::depth::write_model(&opts.input, &m, &skipped, out, opts.dtype)?;
+        }
     }
-    let per_block = LinearKind::ALL.len();
+    let per_block = units.iter().filter(|u| u.first_layer(0) == 0).count();
     let evopress_block_sparsity = units
         .chunks(per_block)
         .zip(state.parent.chunks(per_block))
-        .enumerate()
-        .map(|(b, (us, ls))| {
-            let (kept, p) =
-                us.iter()
-                    .zip(ls)
-                    .enumerate()
-                    .fold((0u64, 0u64), |(k, p), (i, (u, &l))| {
-                        let level = c.unit_levels[b * per_block + i][l as usize].0;
-                        let kept = level
-                            .kept(u.rows, u.cols)
-                            .expect("the unit's level applies");
-                        (k + kept, p + u.params())
-                    });
-            1.0 - kept as f64 / p as f64
+        .zip(c.level_kept.chunks(per_block))
+        .map(|((us, ls), kept)| {
+            let (k, p) = us
+                .iter()
+                .zip(ls)
+                .zip(kept)
+                .fold((0u64, 0u64), |(k, p), ((u, &l), kept)| {
+                    (k + kept[l as usize], p + u.params())
+                });
+            1.0 - k as f64 / p as f64
         })
         .collect();
     Ok(TargetReport {
@@ -1087,8 +1289,10 @@ mod tests {
             ("drop", ParamLevel::Sparse(1.0)),
             ("lowrank:0.6", ParamLevel::LowRank(0.6)),
             ("2:4", ParamLevel::NM { n: 2, m: 4 }),
+            ("skip", ParamLevel::Skip),
         ] {
             assert_eq!(s.parse::<ParamLevel>().unwrap(), l, "{s}");
+            assert_eq!(l.to_string().parse::<ParamLevel>().unwrap(), l, "{s}");
         }
         for bad in [
             "1.0",
@@ -1112,6 +1316,24 @@ mod tests {
         assert_eq!(ParamLevel::NM { n: 2, m: 8 }.kept(64, 100), None);
         // A rank that would not save parameters is no level.
         assert_eq!(ParamLevel::LowRank(0.99).kept(2, 2), None);
+        // A skipped sublayer keeps nothing and stores nothing.
+        assert_eq!(ParamLevel::Skip.kept(64, 128), Some(0));
+        assert_eq!(ParamLevel::Skip.bits(64, 128), Some(0));
+    }
+
+    #[test]
+    fn skip_ladders_reach_any_sparsity_and_refuse_per_linear_removals() {
+        let l = |v: &[&str]| -> Vec<ParamLevel> { v.iter().map(|s| s.parse().unwrap()).collect() };
+        // No uniform level brackets 0.75, but skipping reaches it.
+        let got = ladder(&l(&["0", "skip"]), &[0.75], Budget::Sparsity).unwrap();
+        assert_eq!(got, l(&["skip", "0"]));
+        assert!(ladder(&l(&["0", "0.5"]), &[0.75], Budget::Sparsity).is_err());
+        for bad in ["lowrank:0.5", "drop"] {
+            let e = ladder(&l(&["0", "skip", bad]), &[0.5], Budget::Sparsity)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("level {bad} with skip")), "{e}");
+        }
     }
 
     #[test]

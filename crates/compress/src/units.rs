@@ -15,6 +15,37 @@ pub enum UnitRef {
     /// The output projection of a model with untied embeddings.
     Output,
     Linear(usize, LinearKind),
+    /// All linears of one sublayer of a block, set together (the sparsity search's
+    /// units when whole sublayers may be skipped). Its `rows × cols` is the sublayer's
+    /// parameter count (`cols` = 1).
+    Sublayer(usize, Sublayer),
+}
+
+/// A block's two residual branches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sublayer {
+    Attn,
+    Mlp,
+}
+
+impl Sublayer {
+    pub const BOTH: [Sublayer; 2] = [Sublayer::Attn, Sublayer::Mlp];
+
+    /// Its linears, the output projection last.
+    pub fn kinds(self) -> &'static [LinearKind] {
+        match self {
+            Sublayer::Attn => &[LinearKind::Q, LinearKind::K, LinearKind::V, LinearKind::O],
+            Sublayer::Mlp => &[LinearKind::Gate, LinearKind::Up, LinearKind::Down],
+        }
+    }
+
+    /// `attn` / `mlp`, as in `blk.3.attn` (`tersor depth`'s names).
+    pub fn tag(self) -> &'static str {
+        match self {
+            Sublayer::Attn => "attn",
+            Sublayer::Mlp => "mlp",
+        }
+    }
 }
 
 /// One tensor whose level is searched.
@@ -39,7 +70,7 @@ impl Unit {
     pub fn first_layer(&self, n_layers: usize) -> usize {
         match self.what {
             UnitRef::Embedding => 0,
-            UnitRef::Linear(l, _) => l,
+            UnitRef::Linear(l, _) | UnitRef::Sublayer(l, _) => l,
             UnitRef::Output => n_layers,
         }
     }

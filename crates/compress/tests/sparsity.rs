@@ -641,3 +641,125 @@ fn anchored_table_measures_its_anchors_and_scales_the_rest() {
         .unit_table_anchored(0, &output_errors, &vec![vec![4]; n], &|_, _| {})
         .is_err());
 }
+
+/// Whole sublayers skipped (`skip`): the search's units become the sublayers, each at
+/// one level on all its linears. Every method meets the budget as counted on the
+/// weights; a skipped sublayer's linears are zero; the written directory leaves out a
+/// block whose two sublayers are skipped and scores exactly as the search's model.
+#[test]
+fn skip_levels_search_whole_sublayers() {
+    let attn = (2 * 64 * 64 + 2 * 32 * 64) as u64;
+    let mlp = (3 * 128 * 64) as u64;
+    let dir = TempDir::new("sparsity-skip");
+    // Skip or keep only (a depth search). 75 % of the parameters must go: with
+    // sublayers of 12288 and 24576 weights that takes all four MLPs and an attention, or
+    // three and three, so at least one block loses both.
+    let out = dir.path().join("depth");
+    let opts = setup(
+        &dir,
+        4,
+        9,
+        vec![(0.75, Some(out.clone()))],
+        parse(&["skip", "0"]),
+        (6, 3),
+        true,
+    );
+    let report = sparsity::run(&opts, &|_| {}).unwrap();
+    let units: Vec<(&str, u64)> = report.units.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    assert_eq!(units.len(), 8);
+    assert_eq!(units[..2], [("blk.0.attn", attn), ("blk.0.mlp", mlp)]);
+    let r = &report.targets[0];
+    let names: Vec<&str> = r.methods.iter().map(|m| m.name.as_str()).collect();
+    // No uniform level removes 75 %, so DP is the only baseline.
+    assert_eq!(names, ["evopress", "dp"]);
+    for m in &r.methods {
+        assert!(
+            m.zeros >= r.zeros_required.unwrap(),
+            "{}: {}",
+            m.name,
+            m.zeros
+        );
+        assert!(m
+            .levels
+            .iter()
+            .all(|&l| l == ParamLevel::Skip || l == ParamLevel::Sparse(0.0)));
+        // Zeros are the skipped sublayers' parameters (the random weights have none).
+        let skipped: u64 = m
+            .levels
+            .iter()
+            .zip(&units)
+            .filter(|(&l, _)| l == ParamLevel::Skip)
+            .map(|(_, u)| u.1)
+            .sum();
+        assert_eq!(m.zeros, skipped, "{}", m.name);
+    }
+    let evo = &r.methods[0];
+    assert!(evo.fitness <= r.methods[1].fitness);
+    let LoadedModel::Decoder { model, .. } = tersor_model::load(&out).unwrap() else {
+        panic!("not a decoder")
+    };
+    let both = evo
+        .levels
+        .chunks(2)
+        .filter(|b| b.iter().all(|&l| l == ParamLevel::Skip))
+        .count();
+    assert!(both >= 1);
+    assert_eq!(model.n_layers(), 4 - both);
+    let kl = kl_on_two_windows(&model, &opts.input, &opts.calib.path);
+    let want = evo.eval.as_ref().unwrap().kld_mean;
+    assert!((kl - want).abs() <= 1e-4 * want, "{kl} vs {want}");
+
+    // Mixed with sparsity: uniform 50 % is a baseline, every method removes at least
+    // half, and a skipped sublayer's linears are all zero in the written directory.
+    let out = dir.path().join("mixed");
+    let opts = SparsityOptions {
+        targets: vec![(0.5, Some(out.clone()))],
+        levels: parse(&["skip", "0", "0.5"]),
+        ..opts
+    };
+    let report = sparsity::run(&opts, &|_| {}).unwrap();
+    let r = &report.targets[0];
+    let names: Vec<&str> = r.methods.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["evopress", "uniform", "dp"]);
+    for m in &r.methods {
+        assert!(
+            m.zeros >= r.zeros_required.unwrap(),
+            "{}: {}",
+            m.name,
+            m.zeros
+        );
+    }
+    assert_eq!(r.methods[1].zeros, r.zeros_required.unwrap());
+    let evo = &r.methods[0];
+    assert!(evo.fitness <= r.methods[1].fitness.min(r.methods[2].fitness));
+    let LoadedModel::Decoder { model, .. } = tersor_model::load(&out).unwrap() else {
+        panic!("not a decoder")
+    };
+    let mut l = 0;
+    for block in evo.levels.chunks(2) {
+        if block.iter().all(|&x| x == ParamLevel::Skip) {
+            continue;
+        }
+        for (level, kinds) in block.iter().zip([
+            &[LinearKind::Q, LinearKind::K, LinearKind::V, LinearKind::O][..],
+            &[LinearKind::Gate, LinearKind::Up, LinearKind::Down][..],
+        ]) {
+            for &k in kinds {
+                let w = model.linear_weight(l, k).unwrap().flatten_all().unwrap();
+                let w = w.to_vec1::<f32>().unwrap();
+                let zeros = w.iter().filter(|&&x| x == 0.0).count();
+                let want = match level {
+                    ParamLevel::Skip => w.len(),
+                    ParamLevel::Sparse(s) => (s * w.len() as f64).round() as usize,
+                    other => panic!("{other}"),
+                };
+                assert_eq!(zeros, want, "block {l} {k} at {level}");
+            }
+        }
+        l += 1;
+    }
+    assert_eq!(l, model.n_layers());
+    let kl = kl_on_two_windows(&model, &opts.input, &opts.calib.path);
+    let want = evo.eval.as_ref().unwrap().kld_mean;
+    assert!((kl - want).abs() <= 1e-4 * want, "{kl} vs {want}");
+}

@@ -42,7 +42,7 @@ use tersor_quant::gptq::GptqConfig;
 
 pub use calib::{CalibConfig, Calibration};
 pub use collect::{Collector, Site, SiteStats};
-pub use dense_out::write_dense_dir;
+pub use dense_out::{check_gguf_writable, is_gguf_output, write_dense_dir, write_dense_gguf};
 pub use error::{QuantizeError, Result};
 pub use layer::{quantize_linear, LayerOut, LayerStats, LayerTarget, Payload};
 pub use plan::{Plan, PlannedTensor};

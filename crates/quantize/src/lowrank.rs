@@ -139,6 +139,9 @@ pub fn run(opts: &LowrankOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<L
             opts.ratio
         )));
     }
+    if crate::dense_out::is_gguf_output(&opts.output) {
+        crate::dense_out::check_gguf_writable(&opts.input, &opts.output, true)?;
+    }
     let t0 = Instant::now();
     let (mut model, tokenizer) = match tersor_model::load(&opts.input)? {
         LoadedModel::Decoder { model, tokenizer } => (model, tokenizer),

@@ -36,7 +36,7 @@ use tersor_quant::gptq_grid::GptqFormatGrid;
 
 use crate::calib::{CalibConfig, Sequential};
 use crate::collect::Site;
-use crate::dense_out::write_dense_dir;
+use crate::dense_out::{check_gguf_writable, is_gguf_output, write_dense_dir, write_dense_gguf};
 use crate::encoder::{self, EncoderJob, EncoderOp, EncoderSummary};
 use crate::error::{QuantizeError, Result};
 use crate::spec::GptqSpec;
@@ -224,6 +224,12 @@ pub fn run(opts: &PruneOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<Pru
         LoadedModel::Decoder { model, tokenizer } => {
             run_decoder(opts, model, tokenizer, t0, progress).map(PruneReport::Decoder)
         }
+        LoadedModel::Encoder(_) if is_gguf_output(&opts.output) => {
+            Err(QuantizeError::Usage(format!(
+                "{}: sentence encoders are written as Hugging Face directories, not GGUF",
+                opts.output.display()
+            )))
+        }
         LoadedModel::Encoder(_) if opts.quantize.is_some() => Err(QuantizeError::Usage(format!(
             "{}: --quantize (joint pruning and quantization) is implemented for decoder LMs only",
             opts.input.display()
@@ -271,6 +277,9 @@ fn run_decoder(
                 "--quantize {spec}: the grid's fp16 values are not exact in bf16; write f16 or f32"
             )));
         }
+    }
+    if is_gguf_output(&opts.output) {
+        check_gguf_writable(&opts.input, &opts.output, false)?;
     }
     let n_layers = model.n_layers();
     for l in 0..n_layers {
@@ -394,7 +403,11 @@ fn run_decoder(
 
     progress(Event::Writing);
     let t2 = Instant::now();
-    let tensors = write_dense_dir(&opts.input, &opts.output, &model, opts.dtype)?;
+    let tensors = if is_gguf_output(&opts.output) {
+        write_dense_gguf(&opts.input, &opts.output, &model, opts.dtype)?
+    } else {
+        write_dense_dir(&opts.input, &opts.output, &model, opts.dtype)?
+    };
     let seconds_write = t2.elapsed().as_secs_f64();
 
     let width: u64 = match opts.dtype {
