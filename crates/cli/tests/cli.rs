@@ -550,7 +550,7 @@ fn compress_killed_mid_search_resumes_to_the_same_result() {
 }
 
 #[test]
-fn prune_default_lm_to_two_of_four() {
+fn prune_default_lm_to_two_of_four_as_directory_and_gguf() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pruned");
     let lm = default_lm();
@@ -637,29 +637,21 @@ fn prune_default_lm_to_two_of_four() {
         assert!(stderr(&o).contains(want), "{a:?}: {}", stderr(&o));
     }
     assert!(!bad.exists());
-}
 
-#[test]
-fn prune_default_lm_to_gguf() {
-    let dir = tempfile::tempdir().unwrap();
+    // The same job to a GGUF file (the input is one): its header, the linears as F16.
     let gguf = dir.path().join("pruned.gguf");
-    let hf = dir.path().join("pruned");
-    let lm = default_lm();
-    let prune = |out: &Path| {
-        json(&[
-            "prune",
-            s(&lm),
-            "--pattern",
-            "2:4",
-            "--method",
-            "magnitude",
-            "-o",
-            s(out),
-            "--json",
-            "-q",
-        ])
-    };
-    let v = prune(&gguf);
+    let v = json(&[
+        "prune",
+        s(&lm),
+        "--pattern",
+        "2:4",
+        "--method",
+        "magnitude",
+        "-o",
+        s(&gguf),
+        "--json",
+        "-q",
+    ]);
     let zeros = v["linear_zeros"].as_u64().unwrap();
     assert!(zeros >= v["linear_params"].as_u64().unwrap() / 2, "{zeros}");
     assert_eq!(v["params"], LM_PARAMS);
@@ -693,14 +685,14 @@ for t in out.tensors:
         assert s.data.tobytes() == t.data.tobytes(), t.name
 print(n, over, zeros, int(out.fields["general.file_type"].parts[-1][0]))
 "#;
-        let out = Command::new("python3")
+        let py = Command::new("python3")
             .args(["-c", script, s(&gguf), s(&lm)])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(py.status.success(), "{}", stderr(&py));
         // 30 blocks × 7 linears, none over 2:4, LLAMA_FTYPE_MOSTLY_F16.
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&py.stdout).trim(),
             format!("210 0 {zeros} 1")
         );
     }
@@ -708,12 +700,12 @@ print(n, over, zeros, int(out.fields["general.file_type"].parts[-1][0]))
     // The directory output holds the same linears: tersor scores the two files alike.
     // Only the embedding differs (the GGUF keeps the input's Q4_1 codes, the directory
     // rounds them to f16), so KL is tiny but not zero.
-    prune(&hf);
+    let hf = &out;
     let e = json(&[
         "eval",
         s(&gguf),
         "--ref",
-        s(&hf),
+        s(hf),
         "--max-windows",
         "1",
         "--json",
@@ -739,7 +731,7 @@ print(n, over, zeros, int(out.fields["general.file_type"].parts[-1][0]))
             "sentence encoders are written as Hugging Face directories",
         ),
         (
-            vec!["prune", s(&hf), "--pattern", "2:4", "--method", "magnitude"],
+            vec!["prune", s(hf), "--pattern", "2:4", "--method", "magnitude"],
             "is a Hugging Face directory",
         ),
         (

@@ -101,6 +101,19 @@ fn kl_on_two_windows(
     r.kl.unwrap().kld_mean
 }
 
+/// Zeros are counted on the assembled weights: SparseGPT's exact counts make every
+/// allocation remove at least the required weights.
+fn assert_every_method_meets_the_budget(r: &sparsity::TargetReport) {
+    for m in &r.methods {
+        assert!(
+            m.zeros >= r.zeros_required.unwrap(),
+            "{}: {} zeros",
+            m.name,
+            m.zeros
+        );
+    }
+}
+
 #[test]
 fn sparsity_search_meets_the_target_and_writes_its_allocation() {
     let dir = TempDir::new("sparsity-run");
@@ -124,15 +137,8 @@ fn sparsity_search_meets_the_target_and_writes_its_allocation() {
     assert_eq!(report.levels, sp(&[0.75, 0.5, 0.25, 0.0]));
     let names: Vec<&str> = r.methods.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["evopress", "uniform", "dp"]);
+    assert_every_method_meets_the_budget(r);
     for m in &r.methods {
-        // Zeros are counted on the assembled weights: SparseGPT's exact counts make
-        // every allocation remove at least the required weights.
-        assert!(
-            m.zeros >= r.zeros_required.unwrap(),
-            "{}: {} zeros",
-            m.name,
-            m.zeros
-        );
         assert!(m.eval.as_ref().unwrap().kld_mean > 0.0, "{}", m.name);
     }
     let uniform = &r.methods[1];
@@ -178,14 +184,7 @@ fn sparsity_search_meets_the_target_and_writes_its_allocation() {
     // method still removes at least 30 %.
     let r30 = &report.targets[1];
     assert!(r30.output.is_none());
-    for m in &r30.methods {
-        assert!(
-            m.zeros >= r30.zeros_required.unwrap(),
-            "{}: {} zeros",
-            m.name,
-            m.zeros
-        );
-    }
+    assert_every_method_meets_the_budget(r30);
     assert!(r30.methods[1]
         .levels
         .iter()
@@ -672,13 +671,8 @@ fn skip_levels_search_whole_sublayers() {
     let names: Vec<&str> = r.methods.iter().map(|m| m.name.as_str()).collect();
     // No uniform level removes 75 %, so DP is the only baseline.
     assert_eq!(names, ["evopress", "dp"]);
+    assert_every_method_meets_the_budget(r);
     for m in &r.methods {
-        assert!(
-            m.zeros >= r.zeros_required.unwrap(),
-            "{}: {}",
-            m.name,
-            m.zeros
-        );
         assert!(m
             .levels
             .iter()
@@ -721,14 +715,7 @@ fn skip_levels_search_whole_sublayers() {
     let r = &report.targets[0];
     let names: Vec<&str> = r.methods.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["evopress", "uniform", "dp"]);
-    for m in &r.methods {
-        assert!(
-            m.zeros >= r.zeros_required.unwrap(),
-            "{}: {}",
-            m.name,
-            m.zeros
-        );
-    }
+    assert_every_method_meets_the_budget(r);
     assert_eq!(r.methods[1].zeros, r.zeros_required.unwrap());
     let evo = &r.methods[0];
     assert!(evo.fitness <= r.methods[1].fitness.min(r.methods[2].fitness));
