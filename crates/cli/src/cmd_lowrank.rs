@@ -17,8 +17,13 @@ pub struct LowrankArgs {
 
     /// Parameters of each layer's two factors over the layer's own, in (0, 1]: the rank
     /// is the largest with r·(rows + cols) ≤ R·rows·cols.
-    #[arg(long, value_name = "R")]
-    ratio: f64,
+    #[arg(long, value_name = "R", required_unless_present = "energy")]
+    ratio: Option<f64>,
+
+    /// Instead of --ratio: each layer at the smallest rank keeping E of its Σσ² (of W,
+    /// or of the whitened W S for asvd), in (0, 1]; layers it would not shrink stay dense.
+    #[arg(long, value_name = "E", conflicts_with = "ratio")]
+    energy: Option<f64>,
 
     /// svd | asvd (activation-aware: whitened by the calibration inputs).
     #[arg(long, default_value = "asvd", value_name = "METHOD")]
@@ -54,8 +59,11 @@ pub struct LowrankArgs {
 }
 
 pub fn run(args: LowrankArgs) -> anyhow::Result<()> {
-    if !(args.ratio > 0.0 && args.ratio <= 1.0) {
-        bail!("--ratio {} is outside (0, 1]", args.ratio);
+    if let Some(r) = args.ratio.filter(|r| !(*r > 0.0 && *r <= 1.0)) {
+        bail!("--ratio {r} is outside (0, 1]");
+    }
+    if let Some(e) = args.energy.filter(|e| !(*e > 0.0 && *e <= 1.0)) {
+        bail!("--energy {e} is outside (0, 1]");
     }
     let method: LowrankMethod = args.method.parse()?;
     let dtype = crate::block_job::parse_dtype(&args.dtype)?;
@@ -70,7 +78,7 @@ pub fn run(args: LowrankArgs) -> anyhow::Result<()> {
     let mut opts = LowrankOptions::new(
         model.to_path_buf(),
         args.output.clone(),
-        args.ratio,
+        args.ratio.unwrap_or(1.0),
         method,
         CalibConfig {
             path: calib_path,
@@ -79,6 +87,7 @@ pub fn run(args: LowrankArgs) -> anyhow::Result<()> {
         },
     );
     opts.dtype = dtype;
+    opts.energy = args.energy;
 
     let (bar, progress) = crate::block_job::progress(args.quiet);
     let summary = tersor_quantize::lowrank::run(&opts, &progress)
@@ -91,10 +100,17 @@ pub fn run(args: LowrankArgs) -> anyhow::Result<()> {
     }
     let factored = summary.linears.iter().filter(|l| l.rank.is_some()).count();
     println!("wrote {}", summary.output.display());
-    println!(
-        "  method        {} at ratio {}",
-        summary.method, summary.ratio
-    );
+    match (summary.ratio, summary.energy) {
+        (_, Some(e)) => println!(
+            "  method        {} keeping {e} of each layer's energy",
+            summary.method
+        ),
+        (r, None) => println!(
+            "  method        {} at ratio {}",
+            summary.method,
+            r.unwrap_or(1.0)
+        ),
+    }
     println!(
         "  block linears {factored} of {} factored; {} of {} parameters ({:.3})",
         summary.linears.len(),

@@ -749,4 +749,30 @@ fn skip_levels_search_whole_sublayers() {
     let kl = kl_on_two_windows(&model, &opts.input, &opts.calib.path);
     let want = evo.eval.as_ref().unwrap().kld_mean;
     assert!((kl - want).abs() <= 1e-4 * want, "{kl} vs {want}");
+
+    // Under a bits budget skipping is free: at 2 bits per weight, below every
+    // quantized level (3.625 and 4.625 on rows of 64), no uniform level fits, and every
+    // allocation skips enough to stay within the bits.
+    let out = dir.path().join("bits");
+    let opts = SparsityOptions {
+        targets: vec![(2.0, Some(out.clone()))],
+        levels: parse(&["skip", "gptq:4:g32", "0.5+gptq:4:g32"]),
+        budget: Budget::Bpw,
+        ..opts
+    };
+    let report = sparsity::run(&opts, &|_| {}).unwrap();
+    let r = &report.targets[0];
+    let names: Vec<&str> = r.methods.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["evopress", "dp"]);
+    for m in &r.methods {
+        assert!(m.bpw <= 2.0, "{}: {} bpw", m.name, m.bpw);
+        assert!(m.levels.contains(&ParamLevel::Skip), "{}", m.name);
+    }
+    let evo = &r.methods[0];
+    let LoadedModel::Decoder { model, .. } = tersor_model::load(&out).unwrap() else {
+        panic!("not a decoder")
+    };
+    let kl = kl_on_two_windows(&model, &opts.input, &opts.calib.path);
+    let want = evo.eval.as_ref().unwrap().kld_mean;
+    assert!((kl - want).abs() <= 1e-4 * want, "{kl} vs {want}");
 }

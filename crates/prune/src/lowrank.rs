@@ -88,8 +88,25 @@ pub fn rank_for_energy(singular_values: &[f64], energy: f64) -> usize {
     singular_values.len().max(1)
 }
 
+/// How a factorisation's rank is chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rank {
+    /// This rank.
+    Fixed(usize),
+    /// The smallest rank keeping at least this fraction (0 < e <= 1) of the factorised
+    /// matrix's `Σσ²` ([`rank_for_energy`]).
+    Energy(f64),
+}
+
+impl From<usize> for Rank {
+    fn from(r: usize) -> Self {
+        Rank::Fixed(r)
+    }
+}
+
 /// Truncated SVD of `w` (`[rows, cols]`) at `rank`.
-pub fn svd(w: &[f32], rows: usize, cols: usize, rank: usize) -> Result<Factors> {
+pub fn svd(w: &[f32], rows: usize, cols: usize, rank: impl Into<Rank>) -> Result<Factors> {
+    let rank = rank.into();
     check_layer(w, rows, cols, 1)?;
     check_rank(rank, rows, cols)?;
     let m = Mat::<f64>::from_fn(rows, cols, |i, j| f64::from(w[i * cols + j]));
@@ -104,9 +121,10 @@ pub fn asvd(
     rows: usize,
     cols: usize,
     h: &[f64],
-    rank: usize,
+    rank: impl Into<Rank>,
     damp_percent: f64,
 ) -> Result<Factors> {
+    let rank = rank.into();
     check_layer(w, rows, cols, 1)?;
     check_rank(rank, rows, cols)?;
     check_hessian(h, cols)?;
@@ -133,14 +151,17 @@ pub fn asvd(
     factor(ws, Some(s_inv), rows, cols, rank)
 }
 
-fn check_rank(rank: usize, rows: usize, cols: usize) -> Result<()> {
-    if rank == 0 || rank > rows.min(cols) {
-        return Err(PruneError::Unsupported(format!(
-            "rank {rank} for a [{rows}, {cols}] layer (want 1..={})",
+fn check_rank(rank: Rank, rows: usize, cols: usize) -> Result<()> {
+    match rank {
+        Rank::Fixed(r) if r == 0 || r > rows.min(cols) => Err(PruneError::Unsupported(format!(
+            "rank {r} for a [{rows}, {cols}] layer (want 1..={})",
             rows.min(cols)
-        )));
+        ))),
+        Rank::Energy(e) if !(e > 0.0 && e <= 1.0) => Err(PruneError::Unsupported(format!(
+            "retained energy {e} (want 0 < e <= 1)"
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Truncated SVD of `m`, the right factor multiplied by `post` when given.
@@ -149,12 +170,16 @@ fn factor(
     post: Option<Mat<f64>>,
     rows: usize,
     cols: usize,
-    rank: usize,
+    rank: Rank,
 ) -> Result<Factors> {
     let svd = m.thin_svd().map_err(|e| {
         PruneError::Unsupported(format!("SVD of [{rows}, {cols}] did not converge: {e:?}"))
     })?;
     let sv: Vec<f64> = svd.S().column_vector().iter().copied().collect();
+    let rank = match rank {
+        Rank::Fixed(r) => r,
+        Rank::Energy(e) => rank_for_energy(&sv, e).min(rows.min(cols)),
+    };
     let (u, v) = (svd.U(), svd.V());
     // B = Σ_r^½ V_rᵀ (post).
     let mut vt = Mat::<f64>::from_fn(rank, cols, |t, j| sv[t].sqrt() * v[(j, t)]);
@@ -285,5 +310,47 @@ mod tests {
         assert_eq!(rank_for_energy(&[3.0, 2.0, 1.0], 0.9), 2);
         assert_eq!(rank_for_energy(&[3.0, 2.0, 1.0], 1.0), 3);
         assert!(svd(&[1.0; 6], 2, 3, 3).is_err());
+    }
+
+    #[test]
+    fn energy_rank_keeps_the_energy_and_no_more_rank_than_needed() {
+        let (rows, cols, n) = (40, 32, 300);
+        let w = random(rows * cols, 11);
+        let x = random(n * cols, 12);
+        let h = hessian_from_activations(&x, n, cols);
+        for e in [0.5, 0.9, 0.99] {
+            for f in [
+                svd(&w, rows, cols, Rank::Energy(e)).unwrap(),
+                asvd(&w, rows, cols, &h, Rank::Energy(e), 0.01).unwrap(),
+            ] {
+                let total: f64 = f.singular_values.iter().map(|s| s * s).sum();
+                let kept = |r: usize| f.singular_values[..r].iter().map(|s| s * s).sum::<f64>();
+                // The smallest rank whose leading σ² reach e of the total.
+                assert!(
+                    kept(f.rank) >= e * total * (1.0 - 1e-12),
+                    "{e}: rank {}",
+                    f.rank
+                );
+                assert!(
+                    kept(f.rank - 1) < e * total,
+                    "{e}: rank {} not minimal",
+                    f.rank
+                );
+                assert!(f.discarded_energy() <= (1.0 - e) * total * (1.0 + 1e-9));
+                assert_eq!((f.a.len(), f.b.len()), (rows * f.rank, f.rank * cols));
+            }
+        }
+        // All the energy is the full rank: the layer itself.
+        let f = svd(&w, rows, cols, Rank::Energy(1.0)).unwrap();
+        assert_eq!(f.rank, cols);
+        let max = w
+            .iter()
+            .zip(f.product())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(max < 1e-5, "max error {max}");
+        for bad in [0.0, 1.5, f64::NAN] {
+            assert!(svd(&w, rows, cols, Rank::Energy(bad)).is_err(), "{bad}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The low-rank job behind `tersor lowrank`: every block linear `W` `[out, in]` becomes
 //! `A B` (`A` `[out, r]`, `B` `[r, in]`) with `r` the largest rank whose factors hold at
-//! most `ratio` of the layer's parameters, by truncated SVD or activation-aware SVD
+//! most `ratio` of the layer's parameters (or, with `energy`, the smallest rank keeping
+//! that share of the factorised matrix's `Σσ²`), by truncated SVD or activation-aware SVD
 //! (SVD-LLM whitening by the calibration inputs' `XᵀX`), block by block on the
 //! already-factored blocks' outputs (as quantization). The output is a Hugging Face
 //! directory whose factored linears are stored as `<module>.weight_a` / `.weight_b`;
@@ -15,7 +16,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 use tersor_gptq::FloatDtype;
 use tersor_model::{LinearKind, LoadedModel, TensorNaming};
-use tersor_prune::lowrank::{asvd, rank_for_ratio, svd};
+use tersor_prune::lowrank::{asvd, rank_for_ratio, svd, Rank};
 
 use crate::calib::{CalibConfig, Sequential};
 use crate::collect::Site;
@@ -65,6 +66,10 @@ pub struct LowrankOptions {
     /// Parameters of the factors over the layer's, in (0, 1]; a layer whose best rank
     /// would not save parameters stays dense.
     pub ratio: f64,
+    /// Instead of `ratio`: each layer at the smallest rank keeping this fraction
+    /// (0 < e <= 1) of its factorised matrix's `Σσ²`; a layer whose rank would not save
+    /// parameters stays dense.
+    pub energy: Option<f64>,
     pub method: LowrankMethod,
     pub calib: CalibConfig,
     /// ASVD: damping of `XᵀX` as a fraction of its mean diagonal.
@@ -85,6 +90,7 @@ impl LowrankOptions {
             input,
             output,
             ratio,
+            energy: None,
             method,
             calib,
             damp_percent: 0.01,
@@ -100,7 +106,7 @@ pub struct FactoredLinear {
     pub name: String,
     pub rows: usize,
     pub cols: usize,
-    /// `None`: kept dense (the ratio allows no saving).
+    /// `None`: kept dense (the ratio or energy allows no saving).
     pub rank: Option<usize>,
     /// Parameters stored: `r (rows + cols)`, or `rows · cols` when dense.
     pub params: u64,
@@ -114,7 +120,9 @@ pub struct LowrankSummary {
     pub input: PathBuf,
     pub output: PathBuf,
     pub method: LowrankMethod,
-    pub ratio: f64,
+    /// The parameter ratio asked for, or `None` with `energy`.
+    pub ratio: Option<f64>,
+    pub energy: Option<f64>,
     pub file_bytes: u64,
     /// Parameters stored in the output.
     pub params: u64,
@@ -137,6 +145,11 @@ pub fn run(opts: &LowrankOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<L
         return Err(QuantizeError::Usage(format!(
             "low-rank ratio {} is outside (0, 1]",
             opts.ratio
+        )));
+    }
+    if let Some(e) = opts.energy.filter(|e| !(*e > 0.0 && *e <= 1.0)) {
+        return Err(QuantizeError::Usage(format!(
+            "retained energy {e} is outside (0, 1]"
         )));
     }
     if crate::dense_out::is_gguf_output(&opts.output) {
@@ -174,16 +187,20 @@ pub fn run(opts: &LowrankOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<L
         for kind in LinearKind::ALL {
             let name = TensorNaming::HuggingFace.linear(l, kind, "weight");
             let (w, rows, cols) = tensor_vec(model.linear_weight(l, kind)?)?;
-            let rank = rank_for_ratio(rows, cols, opts.ratio);
-            if rank * (rows + cols) >= rows * cols {
-                linears.push(FactoredLinear {
-                    name,
-                    rows,
-                    cols,
-                    rank: None,
-                    params: (rows * cols) as u64,
-                    discarded_energy: 0.0,
-                });
+            let rank = match opts.energy {
+                Some(e) => Rank::Energy(e),
+                None => Rank::Fixed(rank_for_ratio(rows, cols, opts.ratio)),
+            };
+            let dense = FactoredLinear {
+                name: name.clone(),
+                rows,
+                cols,
+                rank: None,
+                params: (rows * cols) as u64,
+                discarded_energy: 0.0,
+            };
+            if matches!(rank, Rank::Fixed(r) if r * (rows + cols) >= rows * cols) {
+                linears.push(dense);
                 continue;
             }
             let layer_err = |e| QuantizeError::Layer {
@@ -202,6 +219,13 @@ pub fn run(opts: &LowrankOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<L
                 None => svd(&w, rows, cols, rank),
             }
             .map_err(layer_err)?;
+            // An energy rank is known only now; factors no smaller than the layer stay
+            // dense.
+            if f.params() >= rows * cols {
+                linears.push(dense);
+                continue;
+            }
+            let rank = f.rank;
             let total: f64 = f.singular_values.iter().map(|s| s * s).sum();
             linears.push(FactoredLinear {
                 name,
@@ -237,7 +261,8 @@ pub fn run(opts: &LowrankOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<L
         input: opts.input.clone(),
         output: opts.output.clone(),
         method: opts.method,
-        ratio: opts.ratio,
+        ratio: opts.energy.is_none().then_some(opts.ratio),
+        energy: opts.energy,
         file_bytes: output_bytes(&opts.output)?,
         params,
         dense_params: params - linear_params + dense_linear_params,

@@ -134,3 +134,57 @@ fn bad_ratios_are_usage_errors_and_write_nothing() {
     );
     assert!(s.linear_params < s.dense_linear_params);
 }
+
+/// `energy`: each layer at the smallest rank keeping that share of its own `Σσ²`, so
+/// every factored layer discards at most 1 − e of it and a higher share never lowers a
+/// layer's rank; all of it (e = 1) is the full rank, which saves nothing, so every layer
+/// stays dense. An energy outside (0, 1] is a usage error.
+#[test]
+fn energy_ranks_keep_each_layers_share() {
+    let dir = TempDir::new("lowrank-energy");
+    let input = dir.path().join("tiny.gguf");
+    TinyLlama::default().write_gguf(&input);
+    let calib = calib_text(dir.path());
+    let mut ranks = Vec::new();
+    for (i, e) in [0.5, 0.9, 1.0].into_iter().enumerate() {
+        for method in [LowrankMethod::Svd, LowrankMethod::Asvd] {
+            let out = dir.path().join(format!("e{i}-{method}"));
+            let mut o = options(&input, &out, 1.0, method, &calib);
+            o.energy = Some(e);
+            let s = run(&o, &quiet).unwrap();
+            assert_eq!((s.ratio, s.energy), (None, Some(e)));
+            for l in &s.linears {
+                assert!(
+                    l.discarded_energy <= 1.0 - e + 1e-9,
+                    "{e} {method} {}: {}",
+                    l.name,
+                    l.discarded_energy
+                );
+                if let Some(r) = l.rank {
+                    assert!(r * (l.rows + l.cols) < l.rows * l.cols, "{}", l.name);
+                }
+            }
+            if e == 1.0 {
+                assert!(s.linears.iter().all(|l| l.rank.is_none()));
+                assert_eq!(s.linear_params, s.dense_linear_params);
+            }
+            if method == LowrankMethod::Svd {
+                ranks.push(s.linears.iter().map(|l| l.rank).collect::<Vec<_>>());
+            }
+        }
+    }
+    // Dense counts as the full rank.
+    let full = |r: &Option<usize>| r.unwrap_or(usize::MAX);
+    for (lo, hi) in ranks[0].iter().zip(&ranks[1]) {
+        assert!(full(lo) <= full(hi), "{lo:?} > {hi:?}");
+    }
+    assert!(ranks[0].iter().any(|r| r.is_some()));
+    let out = dir.path().join("bad");
+    for e in [0.0, 1.5, f64::NAN] {
+        let mut o = options(&input, &out, 1.0, LowrankMethod::Svd, &calib);
+        o.energy = Some(e);
+        let err = run(&o, &quiet).unwrap_err().to_string();
+        assert!(err.contains("outside (0, 1]"), "{err}");
+    }
+    assert!(!out.exists());
+}
