@@ -432,7 +432,8 @@ fn ladder(levels: &[ParamLevel], targets: &[f64], budget: Budget) -> Result<Vec<
              low-rank ratio 0 < r < 1"
         )));
     }
-    if levels.contains(&ParamLevel::Skip) {
+    let skip = levels.contains(&ParamLevel::Skip);
+    if skip {
         if let Some(bad) = levels
             .iter()
             .find(|l| matches!(l, ParamLevel::LowRank(_) | ParamLevel::Sparse(1.0)))
@@ -454,7 +455,6 @@ fn ladder(levels: &[ParamLevel], targets: &[f64], budget: Budget) -> Result<Vec<
     // A bits budget is checked against the model's achievable range once the linears'
     // shapes are known; with `skip` every sparsity is reachable (all skipped keeps
     // nothing), though no uniform baseline may bracket it.
-    let skip = levels.contains(&ParamLevel::Skip);
     for &target in targets
         .iter()
         .filter(|_| budget == Budget::Sparsity && !skip)
@@ -1194,11 +1194,8 @@ fn search_target(
             .filter(|&(u, (_, &l))| c.unit_levels[u][l as usize].0 == ParamLevel::Skip)
             .map(|(_, (unit, _))| unit.name.clone())
             .collect();
-        if skipped.is_empty() {
-            tersor_quantize::write_dense_dir(&opts.input, out, &m, opts.dtype)?;
-        } else {
-            crate::depth::write_model(&opts.input, &m, &skipped, out, opts.dtype)?;
-        }
+        // With nothing skipped this is `write_dense_dir`.
+        crate::depth::write_model(&opts.input, &m, &skipped, out, opts.dtype)?;
     }
     let per_block = units.iter().filter(|u| u.first_layer(0) == 0).count();
     let evopress_block_sparsity = units

@@ -101,6 +101,30 @@ fn kl_on_two_windows(
     r.kl.unwrap().kld_mean
 }
 
+/// The decoder a search wrote.
+fn load_decoder(path: &std::path::Path) -> tersor_model::Llama {
+    let LoadedModel::Decoder { model, .. } = tersor_model::load(path).unwrap() else {
+        panic!("{}: not a decoder", path.display())
+    };
+    model
+}
+
+/// A written model scores on the evaluation text as the search scored its allocation.
+fn assert_scores_as_searched(
+    model: &tersor_model::Llama,
+    reference: &std::path::Path,
+    text: &std::path::Path,
+    method: &sparsity::SparsityMethod,
+) {
+    let written = kl_on_two_windows(model, reference, text);
+    let want = method.eval.as_ref().unwrap().kld_mean;
+    assert!(
+        (written - want).abs() <= 1e-4 * want,
+        "{}: written {written} vs searched {want}",
+        method.name
+    );
+}
+
 /// Zeros are counted on the assembled weights: SparseGPT's exact counts make every
 /// allocation remove at least the required weights.
 fn assert_every_method_meets_the_budget(r: &sparsity::TargetReport) {
@@ -153,9 +177,7 @@ fn sparsity_search_meets_the_target_and_writes_its_allocation() {
     assert_eq!(r.curve.len(), 6);
 
     // The written directory has EvoPress's sparsity in every linear.
-    let LoadedModel::Decoder { model, .. } = tersor_model::load(&out).unwrap() else {
-        panic!("not a decoder")
-    };
+    let model = load_decoder(&out);
     let evo = &r.methods[0];
     let mut u = 0;
     let mut zeros = 0u64;
@@ -261,9 +283,7 @@ fn mixed_levels_search_counts_parameters_and_writes_factors() {
 
     // The written model: factored linears as weight_a / weight_b of the level's rank,
     // the rest dense with the level's zeros; the parameters add up to the allocation's.
-    let LoadedModel::Decoder { model, .. } = tersor_model::load(&out).unwrap() else {
-        panic!("not a decoder")
-    };
+    let model = load_decoder(&out);
     let evo = &r.methods[0];
     // This seed's allocation mixes all three kinds, so the writer's paths are covered.
     assert!(evo.factored > 0, "{:?}", evo.levels);
@@ -314,12 +334,7 @@ fn mixed_levels_search_counts_parameters_and_writes_factors() {
 
     // Its KL on the evaluation text (two matmuls per factored linear) is the search's
     // figure for the same allocation (the factors' product).
-    let written = kl_on_two_windows(&model, &path, &calib);
-    let want = evo.eval.as_ref().unwrap().kld_mean;
-    assert!(
-        (written - want).abs() <= 1e-4 * want,
-        "written {written} vs searched {want}"
-    );
+    assert_scores_as_searched(&model, &path, &calib, evo);
 }
 
 /// Sparsity mixed with bit-widths under a bits budget: GPTQ levels and SparseGPT jointly
@@ -379,9 +394,7 @@ fn quantized_levels_mix_with_sparsity_under_a_bits_budget() {
 
     // The written directory: each linear on its level's pattern, every (row, group)
     // holding at most 2^bits distinct values.
-    let LoadedModel::Decoder { model, .. } = tersor_model::load(&out).unwrap() else {
-        panic!("not a decoder")
-    };
+    let model = load_decoder(&out);
     let (mut u, mut bits) = (0, 0u64);
     for l in 0..2 {
         for kind in LinearKind::ALL {
@@ -427,12 +440,7 @@ fn quantized_levels_mix_with_sparsity_under_a_bits_budget() {
     assert_eq!(evo.bpw, bits as f64 / report.linear_params as f64);
 
     // Its KL on the evaluation text is the search's figure for the same allocation.
-    let written = kl_on_two_windows(&model, &path, &calib);
-    let want = evo.eval.as_ref().unwrap().kld_mean;
-    assert!(
-        (written - want).abs() <= 1e-4 * want,
-        "written {written} vs searched {want}"
-    );
+    assert_scores_as_searched(&model, &path, &calib, evo);
 
     // A target outside what the levels reach names the range.
     opts.targets = vec![(20.0, None)];
@@ -477,9 +485,7 @@ fn sequential_database_levels_are_the_prune_jobs() {
     );
     p.dtype = FloatDtype::F32;
     tersor_quantize::prune::run(&p, &|_| {}).unwrap();
-    let LoadedModel::Decoder { model, .. } = tersor_model::load(&out).unwrap() else {
-        panic!("not a decoder")
-    };
+    let model = load_decoder(&out);
     let pruned = kl_on_two_windows(&model, &path, &calib);
     assert!(
         (sequential - pruned).abs() <= 1e-3 * pruned,
@@ -523,9 +529,7 @@ fn nm_ladder_keeps_every_linear_on_its_pattern() {
         evo.levels
     );
 
-    let LoadedModel::Decoder { model, .. } = tersor_model::load(&out).unwrap() else {
-        panic!("not a decoder")
-    };
+    let model = load_decoder(&out);
     let mut u = 0;
     for l in 0..2 {
         for kind in LinearKind::ALL {
@@ -689,9 +693,7 @@ fn skip_levels_search_whole_sublayers() {
     }
     let evo = &r.methods[0];
     assert!(evo.fitness <= r.methods[1].fitness);
-    let LoadedModel::Decoder { model, .. } = tersor_model::load(&out).unwrap() else {
-        panic!("not a decoder")
-    };
+    let model = load_decoder(&out);
     let both = evo
         .levels
         .chunks(2)
@@ -699,9 +701,7 @@ fn skip_levels_search_whole_sublayers() {
         .count();
     assert!(both >= 1);
     assert_eq!(model.n_layers(), 4 - both);
-    let kl = kl_on_two_windows(&model, &opts.input, &opts.calib.path);
-    let want = evo.eval.as_ref().unwrap().kld_mean;
-    assert!((kl - want).abs() <= 1e-4 * want, "{kl} vs {want}");
+    assert_scores_as_searched(&model, &opts.input, &opts.calib.path, evo);
 
     // Mixed with sparsity: uniform 50 % is a baseline, every method removes at least
     // half, and a skipped sublayer's linears are all zero in the written directory.
@@ -719,9 +719,7 @@ fn skip_levels_search_whole_sublayers() {
     assert_eq!(r.methods[1].zeros, r.zeros_required.unwrap());
     let evo = &r.methods[0];
     assert!(evo.fitness <= r.methods[1].fitness.min(r.methods[2].fitness));
-    let LoadedModel::Decoder { model, .. } = tersor_model::load(&out).unwrap() else {
-        panic!("not a decoder")
-    };
+    let model = load_decoder(&out);
     let mut l = 0;
     for block in evo.levels.chunks(2) {
         if block.iter().all(|&x| x == ParamLevel::Skip) {
@@ -746,9 +744,7 @@ fn skip_levels_search_whole_sublayers() {
         l += 1;
     }
     assert_eq!(l, model.n_layers());
-    let kl = kl_on_two_windows(&model, &opts.input, &opts.calib.path);
-    let want = evo.eval.as_ref().unwrap().kld_mean;
-    assert!((kl - want).abs() <= 1e-4 * want, "{kl} vs {want}");
+    assert_scores_as_searched(&model, &opts.input, &opts.calib.path, evo);
 
     // Under a bits budget skipping is free: at 2 bits per weight, below every
     // quantized level (3.625 and 4.625 on rows of 64), no uniform level fits, and every
@@ -769,10 +765,6 @@ fn skip_levels_search_whole_sublayers() {
         assert!(m.levels.contains(&ParamLevel::Skip), "{}", m.name);
     }
     let evo = &r.methods[0];
-    let LoadedModel::Decoder { model, .. } = tersor_model::load(&out).unwrap() else {
-        panic!("not a decoder")
-    };
-    let kl = kl_on_two_windows(&model, &opts.input, &opts.calib.path);
-    let want = evo.eval.as_ref().unwrap().kld_mean;
-    assert!((kl - want).abs() <= 1e-4 * want, "{kl} vs {want}");
+    let model = load_decoder(&out);
+    assert_scores_as_searched(&model, &opts.input, &opts.calib.path, evo);
 }
