@@ -15,6 +15,7 @@
 # `SPECS="gptq:2:g32 gptq:3:g32 ..." METHODS=gptq CHUNKS=8 bench/gptq_table.sh` first).
 #
 # Environment: TARGETS; CHUNKS; THREADS (default 2); GENERATIONS (default 30);
+# GENERATIONS_AT (per-target overrides, e.g. "3.0:120 2.5:60");
 # CALIB_TOKENS (default 8192); UNIT_ERRORS (DP's per-unit errors, default kl);
 # STAGE_WINDOWS / SURVIVORS (EvoPress selection, tersor's defaults when unset).
 # Finished targets are cached in bench/out/compress_gptq (delete a t* directory to redo it).
@@ -49,6 +50,15 @@ lm="$(path_of lm)"
 eval_text="$(path_of botchan_eval)"
 calib_text="$(path_of botchan_calib)"
 
+# Generations for target $1: its GENERATIONS_AT entry, else GENERATIONS.
+generations_for() {
+    local e
+    for e in ${GENERATIONS_AT:-}; do
+        [[ "${e%%:*}" == "$1" ]] && { echo "${e#*:}"; return; }
+    done
+    echo "$generations"
+}
+
 for t in $targets; do
     dir="$out_dir/t$t"
     mkdir -p "$dir"
@@ -57,7 +67,7 @@ for t in $targets; do
         start=$(date +%s)
         "$tersor" --threads "$threads" compress "$lm" --format gptq --target-bpw "$t" \
             --calib "$calib_text" --calib-tokens "$calib_tokens" --db "$out_dir/levels" \
-            --generations "$generations" --unit-errors "$unit_errors" "${search_args[@]}" \
+            --generations "$(generations_for "$t")" --unit-errors "$unit_errors" "${search_args[@]}" \
             --eval "$eval_text" --eval-chunks "$chunks" --baselines-dir "$dir/baselines" \
             --report "$dir/report.json.tmp" -o "$dir/evopress" -q --resume > "$dir/compress.log" 2>&1
         # Whole-checkpoint sizes (fp16 embeddings and norms included), then drop the
@@ -71,9 +81,9 @@ for t in $targets; do
     fi
 done
 
-python3 - "$out_dir" "$result" "$uniform_table" "$targets" "$chunks" "$generations" "$calib_tokens" "$unit_errors" <<'PY'
+python3 - "$out_dir" "$result" "$uniform_table" "$targets" "$chunks" "$calib_tokens" "$unit_errors" <<'PY'
 import json, os, re, sys, datetime
-out_dir, result, uniform_table, targets, chunks, generations, calib_tokens, unit_errors = sys.argv[1:]
+out_dir, result, uniform_table, targets, chunks, calib_tokens, unit_errors = sys.argv[1:]
 targets = targets.split()
 # Uniform GPTQ (method gptq) rows of gptq_table.md: spec -> (bpw linear, bytes, PPL, KLD, top).
 uniform = {}
@@ -92,7 +102,7 @@ w("(qweight + qzeros + scales + g_idx); `bpw file`: the whole checkpoint directo
 db_inputs = json.load(open(os.path.join(out_dir, "levels", "manifest.json")))["inputs"].get("db_inputs", "reference")
 w(f"tersor: level database built with GPTQ on {calib_tokens} calibration tokens (bits 2/3/4/8 x groups 32/64/128, symmetric),")
 w(f"each level calibrated on `{db_inputs}` inputs (`--db-inputs`);")
-w(f"EvoPress {generations} generations from the best baseline; DP over per-tensor errors `{unit_errors}`; calib KL = tersor's fitness.")
+w(f"EvoPress from the best baseline (generations per target: the `beats` table; each run's curve in its report.json); DP over per-tensor errors `{unit_errors}`; calib KL = tersor's fitness.")
 w(f"Scoring: `tersor compress --eval` (= `tersor eval --ref`): Botchan evaluation split, ctx 512, first {chunks} windows, second half scored.")
 w("Uniform GPTQ rows: bench/results/gptq_table.md (method gptq, same protocol and calibration).")
 w("`beats`: EvoPress's KLD is below every baseline's and below uniform GPTQ's at the smallest uniform size at or above the target.")
@@ -128,17 +138,21 @@ for t in targets:
         w(f"| {t} | uniform {s} (gptq_table) | - | {u[0]:.4f} | - | - | {u[1]} | {u[2]:.5f} | {u[3]} |")
         if u[2] < best[1]:
             best = (f"uniform {s}", u[2])
-    checks.append(f"| {t} | {evo:.5f} | {best[0]} | {best[1]:.5f} | {'yes' if evo < best[1] else 'NO'} |")
-    times.append(f"| {t} | {r['seconds_build']:.0f} | {r['seconds_baselines']:.0f} | {r['seconds_search']:.0f} | {r['seconds_eval']:.0f} |")
+    gens = len(r["curve"])
+    moves = sum(1 for g in r["curve"] if g["improved"])
+    checks.append(f"| {t} | {gens} ({moves}) | {evo:.5f} | {best[0]} | {best[1]:.5f} | {'yes' if evo < best[1] else 'NO'} |")
+    wall = open(os.path.join(d, "seconds.txt")).read().strip()
+    times.append(f"| {t} | {r['seconds_build']:.0f} | {r['seconds_baselines']:.0f} | {r['seconds_search']:.0f} | {r['seconds_eval']:.0f} | {wall} |")
 w("")
-w("| target bpw | EvoPress KLD | best competitor | its KLD | beats |")
-w("|---|---:|---|---:|---|")
+w("| target bpw | generations (improving) | EvoPress KLD | best competitor | its KLD | beats |")
+w("|---|---:|---:|---|---:|---|")
 lines.extend(checks)
 w("")
-w("Wall seconds of each run (database build: the first target only; later ones reuse it):")
+w("Wall seconds of each run (database build: the first target only; later ones reuse it; a search resumed")
+w("from its checkpoint (`--resume`) counts only the generations after the restart, the whole run counts all):")
 w("")
-w("| target bpw | database | baselines | search | evaluation |")
-w("|---|---:|---:|---:|---:|")
+w("| target bpw | database | baselines | search | evaluation | whole run |")
+w("|---|---:|---:|---:|---:|---:|")
 lines.extend(times)
 tmp = result + ".tmp"
 open(tmp, "w").write("\n".join(lines) + "\n")
