@@ -161,7 +161,8 @@ pub struct SelectionArgs {
 
     /// Calibration windows per selection stage, comma-separated (increasing). The
     /// last stage always scores the first windows; smaller stages rotate through them
-    /// from one generation to the next.
+    /// from one generation to the next. Capped at the calibration windows
+    /// (--calib-tokens / --ctx).
     #[arg(
         long,
         default_value = "1,4,8",

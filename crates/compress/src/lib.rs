@@ -472,6 +472,16 @@ pub fn run(opts: &CompressOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
         .iter()
         .map(|&n| n.min(cal.windows.len()))
         .collect();
+    if stage_windows != s.stage_windows {
+        progress(Event::Note(format!(
+            "the calibration text gives {} windows of {} tokens (--calib-tokens, --ctx): \
+             selection stages {:?} capped to {:?}",
+            cal.windows.len(),
+            opts.calib.ctx,
+            s.stage_windows,
+            stage_windows
+        )));
+    }
     let eval = Evaluator::new(
         model.clone(),
         units.clone(),

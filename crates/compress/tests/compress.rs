@@ -178,6 +178,22 @@ fn gguf_budget_files_and_search() {
         r2.methods[0].levels, r.methods[0].levels,
         "deterministic for a seed"
     );
+    assert!(!notes.iter().any(|n| n.contains("capped")), "{notes:?}");
+
+    // Selection stages beyond the calibration's 8 windows (1024 tokens at ctx 128)
+    // are capped, and the run says so.
+    let mut wide = opts.clone();
+    wide.search.stage_windows = vec![1, 3, 50];
+    wide.search.survivors = vec![2, 1];
+    wide.search.generations = 1;
+    let (rw, notes) = run(&wide);
+    // Whole batches of 2 windows.
+    assert_eq!(rw.fitness_tokens, [256, 512, 1024]);
+    assert!(
+        notes.iter().any(|n| n.contains("8 windows of 128 tokens")
+            && n.contains("[1, 3, 50] capped to [1, 3, 8]")),
+        "{notes:?}"
+    );
 
     // Budgets outside the achievable range name it.
     let mut bad = opts.clone();
