@@ -246,11 +246,7 @@ pub fn run(opts: &DepthOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<Dep
     }
     let cal = Calibration::load(&opts.calib, &tokenizer)?;
     let s = &opts.search;
-    let stage_windows: Vec<usize> = s
-        .stage_windows
-        .iter()
-        .map(|&w| w.min(cal.windows.len()))
-        .collect();
+    let stage_windows = crate::capped_stages(&s.stage_windows, &cal, opts.calib.ctx, progress);
     let units: Vec<Unit> = subs.iter().map(|s| s.0.clone()).collect();
     let eval = Evaluator::from_levels(
         model.clone(),

@@ -227,6 +227,25 @@ impl SearchOptions {
     }
 }
 
+/// The selection stages' window counts, each capped at the calibration's windows
+/// (`--calib-tokens` / `--ctx`); a note says when a stage was cut down.
+pub(crate) fn capped_stages(
+    requested: &[usize],
+    cal: &Calibration,
+    ctx: usize,
+    progress: &(dyn Fn(Event) + Sync),
+) -> Vec<usize> {
+    let n = cal.windows.len();
+    let stages: Vec<usize> = requested.iter().map(|&w| w.min(n)).collect();
+    if stages != requested {
+        progress(Event::Note(format!(
+            "the calibration text gives {n} windows of {ctx} tokens (--calib-tokens, --ctx): \
+             selection stages {requested:?} capped to {stages:?}"
+        )));
+    }
+    stages
+}
+
 /// EvoPress from `start` without a checkpoint, reporting every generation (the jobs
 /// that are not resumable: depth, sparsity).
 pub(crate) fn evopress_from(
@@ -467,21 +486,7 @@ pub fn run(opts: &CompressOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     // Fitness.
     let cal = Calibration::load(&opts.calib, &tokenizer)?;
     let s = &opts.search;
-    let stage_windows: Vec<usize> = s
-        .stage_windows
-        .iter()
-        .map(|&n| n.min(cal.windows.len()))
-        .collect();
-    if stage_windows != s.stage_windows {
-        progress(Event::Note(format!(
-            "the calibration text gives {} windows of {} tokens (--calib-tokens, --ctx): \
-             selection stages {:?} capped to {:?}",
-            cal.windows.len(),
-            opts.calib.ctx,
-            s.stage_windows,
-            stage_windows
-        )));
-    }
+    let stage_windows = capped_stages(&s.stage_windows, &cal, opts.calib.ctx, progress);
     let eval = Evaluator::new(
         model.clone(),
         units.clone(),

@@ -811,11 +811,7 @@ pub fn run(opts: &SparsityOptions, progress: &(dyn Fn(Event) + Sync)) -> Result<
     let seconds_build = t0.elapsed().as_secs_f64();
 
     let s = &opts.search;
-    let stage_windows: Vec<usize> = s
-        .stage_windows
-        .iter()
-        .map(|&n| n.min(cal.windows.len()))
-        .collect();
+    let stage_windows = crate::capped_stages(&s.stage_windows, &cal, opts.calib.ctx, progress);
     // Each unit level's tensors (a sublayer's linears in `Sublayer::kinds` order, zeros
     // where it is skipped), factors and relative output error (a sublayer's: its
     // linears' mean; skipped, ΔW = W: 1).
