@@ -148,6 +148,10 @@ def entropy_bound(path, raw):
 def measure(data, compress, decompress, runs):
     """(compressed size, {compress/decompress MB/s: best and median of `runs` round trips})."""
     ct, dt, size = [], [], None
+    # One untimed round trip first (tersor's --bench decodes once untimed too): on a VM that
+    # hands freed memory back to its host, the first touch of a large fresh buffer costs more
+    # than decoding into it.
+    decompress(compress(bytearray(data)))
     for _ in range(runs):
         # A fresh copy every run: ZipNN's float32/bfloat16 paths reorder bits of their input
         # buffer in place (even of a `bytes` object).

@@ -8,8 +8,8 @@
 # conversions (written to bench/out/pack/ by pack_peers.py; int64 position_ids left as is),
 # and the default LM's GGUF (SmolLM2-135M-Instruct Q4_1).
 # Ratio = compressed / original; speeds in MB/s (10^6 B/s) of uncompressed data, in memory,
-# best of ROUNDS (default 4) × RUNS (default 3) runs, compress → decompress (the medians are
-# in the JSON files under bench/out/pack).
+# best of ROUNDS (default 4) × RUNS (default 3) runs after one untimed round trip, compress →
+# decompress (the medians are in the JSON files under bench/out/pack).
 #
 # Peers (bench/pack_peers.py) run from a venv made on first use in bench/out/pack/venv
 # (pip: zipnn numpy zstandard; zipnn pulls in torch). tersor figures come from
@@ -202,7 +202,11 @@ print("Files: all-MiniLM-L6-v2 `model.safetensors` (f32), its bf16 and f16 conve
       f"best of {rounds} rounds × {runs} runs, compress → decompress. The cores are shared, so "
       "speeds vary: in each round every file's tersor and ZipNN runs come back to back (tersor "
       "first in odd rounds, ZipNN first in even ones), so both see the same load, and the best "
-      "run is the one least disturbed (zstd ran in the first round only).")
+      "run is the one least disturbed (zstd ran in the first round only). Each tool first makes "
+      "one untimed round trip: this VM hands memory that has been free for about 2 s back to its "
+      "host (free page reporting), and touching 100 MB of such memory takes ~200 ms against "
+      "~12 ms warm, more than decoding into it; an untimed first run keeps that out of both "
+      "tools' figures alike.")
 print()
 print("| tool | " + " | ".join(label(f) for f in files) + " |")
 print("|---|" + "---|" * len(files))
