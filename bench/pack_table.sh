@@ -203,10 +203,9 @@ print("Files: all-MiniLM-L6-v2 `model.safetensors` (f32), its bf16 and f16 conve
       "speeds vary: in each round every file's tersor and ZipNN runs come back to back (tersor "
       "first in odd rounds, ZipNN first in even ones), so both see the same load, and the best "
       "run is the one least disturbed (zstd ran in the first round only). Each tool first makes "
-      "one untimed round trip: this VM hands memory that has been free for about 2 s back to its "
-      "host (free page reporting), and touching 100 MB of such memory takes ~200 ms against "
-      "~12 ms warm, more than decoding into it; an untimed first run keeps that out of both "
-      "tools' figures alike.")
+      "one untimed round trip: a VM that hands freed memory back to its host (free page "
+      "reporting) makes the first touch of a large fresh buffer cost more than decoding into "
+      "it, and an untimed first run keeps that out of both tools' figures alike.")
 print()
 print("| tool | " + " | ".join(label(f) for f in files) + " |")
 print("|---|" + "---|" * len(files))
