@@ -783,6 +783,21 @@ fn pack_unpack_and_inspect_packed_models() {
     let out = dir.path().join("lm.gguf");
     ok(&["unpack", s(&packed), "-o", s(&out)]);
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&lm).unwrap());
+    // --no-nibbles codes the Q4_1 quants as bytes: another file, the same
+    // bytes back.
+    let bytes_packed = dir.path().join("lm-bytes.tsp");
+    let r = json(&[
+        "pack",
+        s(&lm),
+        "-o",
+        s(&bytes_packed),
+        "--no-nibbles",
+        "--json",
+    ]);
+    assert_ne!(r["packed_bytes"], report["packed_bytes"]);
+    let out2 = dir.path().join("lm2.gguf");
+    ok(&["unpack", s(&bytes_packed), "-o", s(&out2)]);
+    assert!(std::fs::read(&out2).unwrap() == std::fs::read(&lm).unwrap());
 
     let direct = json(&["inspect", s(&lm), "--json"]);
     let via_pack = json(&["inspect", s(&packed), "--json"]);

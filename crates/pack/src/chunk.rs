@@ -6,7 +6,8 @@
 //! - `1` zstd: one zstd frame (generic data: headers, integers, k-quants);
 //! - `2` planes: layout id, plane count,
 //!   record count (u32), then per plane a codec byte
-//!   (`0` raw, `1` constant, `2` rANS), a u32 length and the plane's bytes;
+//!   (`0` raw, `1` constant, `2` rANS, `3` nibble rANS: the packed 4-bit
+//!   plane of a Q4/Q5 layout only), a u32 length and the plane's bytes;
 //!   then the tail (bytes after the last whole record), stored;
 //! - `3` sparse: zero records as a bitmask, the others as a plane chunk.
 //!
@@ -15,7 +16,7 @@
 
 use crate::error::Corrupt;
 use crate::planes::Layout;
-use crate::rans;
+use crate::{nibble, rans};
 
 /// How the encoder should try to code a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +35,14 @@ const SPARSE: u8 = 3;
 const PLANE_RAW: u8 = 0;
 const PLANE_CONST: u8 = 1;
 const PLANE_RANS: u8 = 2;
+const PLANE_NIBBLE: u8 = 3;
+
+/// The nibble coder is taken over the byte coder for a packed 4-bit plane
+/// unless its estimate is this much larger: it decodes such planes about
+/// 15 % faster (no table gather), and on the default LM's Q4_1 quants it
+/// costs about 0.2 % more bytes (its nibbles are nearly, not quite,
+/// independent).
+const NIBBLE_SLACK: f64 = 0.005;
 
 /// An encoded chunk and, for `--stats`, the order-0 entropy of its planes
 /// in bits (what a static per-plane coder could at best reach).
@@ -45,8 +54,9 @@ pub struct Encoded {
 /// Codes `raw`. A plane is entropy-coded only when that saves at least
 /// `min_gain` of its size: decoding a plane costs far more than copying
 /// it, and a plane that saves less (the sign-and-top-mantissa byte of a
-/// float saves ~0.4 %) buys too little for the time.
-pub fn encode(raw: &[u8], kind: Kind, min_gain: f64) -> Encoded {
+/// float saves ~0.4 %) buys too little for the time. `nibbles` lets the
+/// packed 4-bit plane of a Q4/Q5 layout take the nibble coder.
+pub fn encode(raw: &[u8], kind: Kind, min_gain: f64, nibbles: bool) -> Encoded {
     let (mut payload, entropy_bits) = match kind {
         Kind::Generic { zstd_level } => {
             let bound = rans::entropy_bits(&rans::histogram(raw));
@@ -56,8 +66,8 @@ pub fn encode(raw: &[u8], kind: Kind, min_gain: f64) -> Encoded {
             (p, bound)
         }
         Kind::Planes(layout) => {
-            let (planes, bound) = encode_planes(raw, layout, min_gain);
-            match encode_sparse(raw, layout, min_gain) {
+            let (planes, bound) = encode_planes(raw, layout, min_gain, nibbles);
+            match encode_sparse(raw, layout, min_gain, nibbles) {
                 Some(sparse) if sparse.len() < planes.len() => (sparse, bound),
                 _ => (planes, bound),
             }
@@ -74,7 +84,7 @@ pub fn encode(raw: &[u8], kind: Kind, min_gain: f64) -> Encoded {
     }
 }
 
-fn encode_planes(raw: &[u8], layout: Layout, min_gain: f64) -> (Vec<u8>, f64) {
+fn encode_planes(raw: &[u8], layout: Layout, min_gain: f64, nibbles: bool) -> (Vec<u8>, f64) {
     let w = layout.record_size();
     let whole = raw.len() / w * w;
     let planes = layout.split(&raw[..whole]);
@@ -82,17 +92,19 @@ fn encode_planes(raw: &[u8], layout: Layout, min_gain: f64) -> (Vec<u8>, f64) {
     p.extend_from_slice(&[PLANES, layout.id(), planes.len() as u8]);
     p.extend_from_slice(&((whole / w) as u32).to_le_bytes());
     let mut entropy = (raw.len() - whole) as f64 * 8.0;
-    for plane in &planes {
-        entropy += encode_plane(plane, &mut p, min_gain);
+    let nibble_plane = layout.nibble_plane().filter(|_| nibbles);
+    for (i, plane) in planes.iter().enumerate() {
+        entropy += encode_plane(plane, &mut p, min_gain, nibble_plane == Some(i));
     }
     p.extend_from_slice(&raw[whole..]);
     (p, entropy)
 }
 
-/// Appends one plane as `codec u8, len u32, bytes`: constant, rANS when
-/// that saves at least `min_gain` of it, else raw. Returns the plane's
-/// order-0 entropy in bits.
-fn encode_plane(plane: &[u8], p: &mut Vec<u8>, min_gain: f64) -> f64 {
+/// Appends one plane as `codec u8, len u32, bytes`: constant, rANS (over
+/// bytes, or over nibbles where `nibbles` says the plane holds packed 4-bit
+/// values) when that saves at least `min_gain` of it, else raw. Returns the
+/// plane's order-0 entropy in bits.
+fn encode_plane(plane: &[u8], p: &mut Vec<u8>, min_gain: f64, nibbles: bool) -> f64 {
     let counts = rans::histogram(plane);
     let distinct = counts.iter().filter(|&&c| c > 0).count();
     let start = p.len();
@@ -107,13 +119,30 @@ fn encode_plane(plane: &[u8], p: &mut Vec<u8>, min_gain: f64) -> f64 {
         // Estimate first: encoding a plane that will not pay is wasted
         // time on the near-uniform mantissa planes of some tensors.
         let estimate = table.cost_bits(&counts) / 8.0 + 300.0;
+        let nibble_table = if nibbles && plane.len().is_multiple_of(16) {
+            let nibble_counts = nibble::histogram(&counts);
+            nibble::Table::from_counts(&nibble_counts).filter(|t| {
+                // Both with their tables and states.
+                let bytes = table.cost_bits(&counts) / 8.0
+                    + (32 + distinct + 2 * table.freq.iter().filter(|&&f| f > 255).count()) as f64
+                    + (rans::LANES * 4) as f64;
+                let nibble = t.cost_bits(&nibble_counts) / 8.0 + (16 + nibble::LANES * 4) as f64;
+                nibble <= bytes * (1.0 + NIBBLE_SLACK)
+            })
+        } else {
+            None
+        };
         let worth = plane.len() as f64 * (1.0 - min_gain);
-        if estimate < worth {
+        if let Some(t) = nibble_table {
+            p[start] = PLANE_NIBBLE;
+            t.write(p);
+            nibble::encode(plane, &t, p);
+        } else if estimate < worth {
             p[start] = PLANE_RANS;
             table.write(p);
             rans::encode(plane, &table, p);
         }
-        if p[start] != PLANE_RANS || (p.len() - start - 5) as f64 >= worth {
+        if p[start] == PLANE_RAW || (p.len() - start - 5) as f64 >= worth {
             p.truncate(start + 5);
             p[start] = PLANE_RAW;
             p.extend_from_slice(plane);
@@ -129,7 +158,7 @@ fn encode_plane(plane: &[u8], p: &mut Vec<u8>, min_gain: f64) -> f64 {
 /// plane (bit `i % 8` of byte `i / 8` set for a nonzero record), the
 /// nonzero records as a plane chunk (`len u32` + payload), then the tail.
 /// Tried when at least a tenth of the records are zero; kept when smaller.
-fn encode_sparse(raw: &[u8], layout: Layout, min_gain: f64) -> Option<Vec<u8>> {
+fn encode_sparse(raw: &[u8], layout: Layout, min_gain: f64, nibbles: bool) -> Option<Vec<u8>> {
     let w = layout.record_size();
     let n = raw.len() / w;
     let whole = n * w;
@@ -150,8 +179,8 @@ fn encode_sparse(raw: &[u8], layout: Layout, min_gain: f64) -> Option<Vec<u8>> {
     }
     let mut p = vec![SPARSE];
     p.extend_from_slice(&(n as u32).to_le_bytes());
-    encode_plane(&mask, &mut p, min_gain);
-    let (inner, _) = encode_planes(&nonzero, layout, min_gain);
+    encode_plane(&mask, &mut p, min_gain, false);
+    let (inner, _) = encode_planes(&nonzero, layout, min_gain, nibbles);
     p.extend_from_slice(&(inner.len() as u32).to_le_bytes());
     p.extend_from_slice(&inner);
     p.extend_from_slice(&raw[whole..]);
@@ -300,10 +329,19 @@ fn decode_planes(body: &[u8], out: &mut [u8]) -> Result<(), Corrupt> {
             let (codec, data) = plane_at(body, pos)?;
             let len = data.len();
             match codec {
-                PLANE_RANS if n > 0 && in_place.is_some_and(|(q, ..)| q == p) => {
+                PLANE_NIBBLE if layout.nibble_plane() != Some(p) => {
+                    return Err(Corrupt("nibble codec on a plane that is not 4-bit"));
+                }
+                PLANE_RANS | PLANE_NIBBLE if n > 0 && in_place.is_some_and(|(q, ..)| q == p) => {
                     let (_, spread, at) = in_place.unwrap();
-                    let (table, t) = rans::Table::read(data)?;
-                    rans::decode_spread(&data[t..], &table, want, &mut out[at..whole], spread)?;
+                    let out = &mut out[at..whole];
+                    if codec == PLANE_RANS {
+                        let (table, t) = rans::Table::read(data)?;
+                        rans::decode_spread(&data[t..], &table, want, out, spread)?;
+                    } else {
+                        let (table, t) = nibble::Table::read(data)?;
+                        nibble::decode_spread(&data[t..], &table, want, out, spread)?;
+                    }
                     placed = true;
                 }
                 PLANE_RAW => {
@@ -312,7 +350,7 @@ fn decode_planes(body: &[u8], out: &mut [u8]) -> Result<(), Corrupt> {
                     }
                     *span = (false, pos + 5, len);
                 }
-                PLANE_CONST | PLANE_RANS => {
+                PLANE_CONST | PLANE_RANS | PLANE_NIBBLE => {
                     if scratch.len() < used + want {
                         scratch.resize(used + want, 0);
                     }
@@ -322,9 +360,12 @@ fn decode_planes(body: &[u8], out: &mut [u8]) -> Result<(), Corrupt> {
                             return Err(Corrupt("constant plane of the wrong length"));
                         }
                         buf.fill(data[0]);
-                    } else {
+                    } else if codec == PLANE_RANS {
                         let (table, t) = rans::Table::read(data)?;
                         rans::decode(&data[t..], &table, buf)?;
+                    } else {
+                        let (table, t) = nibble::Table::read(data)?;
+                        nibble::decode(&data[t..], &table, buf)?;
                     }
                     *span = (true, used, want);
                     used += want;
@@ -382,7 +423,7 @@ mod tests {
         ] {
             for len in [0usize, 1, 3, 21, 1000, floats.len()] {
                 let raw = &floats[..len];
-                let e = encode(raw, kind, 0.0);
+                let e = encode(raw, kind, 0.0, true);
                 let mut out = vec![0u8; len];
                 decode(&e.payload, &mut out).unwrap();
                 assert_eq!(out, raw, "{kind:?} len {len}");
@@ -410,8 +451,8 @@ mod tests {
             .collect();
         raw[8..12].copy_from_slice(&(-0.0f32).to_le_bytes());
         raw.push(7);
-        let dense = encode_planes(&raw, Layout::F32, 0.0).0;
-        let e = encode(&raw, Kind::Planes(Layout::F32), 0.0);
+        let dense = encode_planes(&raw, Layout::F32, 0.0, true).0;
+        let e = encode(&raw, Kind::Planes(Layout::F32), 0.0, true);
         assert_eq!(e.payload[0], SPARSE);
         assert!(
             e.payload.len() * 10 < dense.len() * 9,
@@ -427,7 +468,7 @@ mod tests {
             .flat_map(|i| (i as f32 + 0.5).to_le_bytes())
             .collect();
         assert_ne!(
-            encode(&dense_raw, Kind::Planes(Layout::F32), 0.0).payload[0],
+            encode(&dense_raw, Kind::Planes(Layout::F32), 0.0, true).payload[0],
             SPARSE
         );
     }
@@ -437,8 +478,76 @@ mod tests {
         let raw: Vec<u8> = (0..65_536)
             .flat_map(|i| (((i as f32) * 0.61).sin() * 0.02).to_le_bytes())
             .collect();
-        let e = encode(&raw, Kind::Planes(Layout::F32), 0.0);
+        let e = encode(&raw, Kind::Planes(Layout::F32), 0.0, true);
         assert!(e.payload.len() < raw.len() * 9 / 10, "{}", e.payload.len());
         assert!(e.entropy_bits / 8.0 < e.payload.len() as f64);
+    }
+
+    /// The plane codecs of a planes payload and where each sits, in plane
+    /// order.
+    fn plane_codecs(payload: &[u8]) -> Vec<(u8, usize)> {
+        assert_eq!(payload[0], PLANES);
+        let mut pos = 7;
+        (0..payload[2])
+            .map(|_| {
+                let (codec, data) = plane_at(payload, pos).unwrap();
+                let at = pos;
+                pos += 5 + data.len();
+                (codec, at)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn q4_quants_take_the_nibble_coder_and_damage_is_an_error() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let layout = Layout::for_ggml(tersor_ggml::GgmlType::Q4_1).unwrap();
+        // block_q4_1 records: f16 d and m, then 16 bytes of bell-shaped
+        // nibbles (as Q4_1 weights quantise), plus a 7-byte tail.
+        let mut raw: Vec<u8> = (0..3000)
+            .flat_map(|_| {
+                let d = half::f16::from_f32(0.001 + rng.random::<f32>() * 0.01);
+                let m = half::f16::from_f32(-7.5 * d.to_f32());
+                let mut rec = [d.to_le_bytes(), m.to_le_bytes()].concat();
+                rec.extend((0..16).map(|_| {
+                    let mut nib = || {
+                        let g: f32 = (0..4).map(|_| rng.random::<f32>()).sum::<f32>() - 2.0;
+                        (7.5 + g * 5.0).round().clamp(0.0, 15.0) as u8
+                    };
+                    nib() | nib() << 4
+                }));
+                rec
+            })
+            .collect();
+        raw.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7]);
+        let with = encode(&raw, Kind::Planes(layout), 0.0, true).payload;
+        let without = encode(&raw, Kind::Planes(layout), 0.0, false).payload;
+        assert_eq!(plane_codecs(&with).last().unwrap().0, PLANE_NIBBLE);
+        assert_eq!(plane_codecs(&without).last().unwrap().0, PLANE_RANS);
+        assert!(with.len() as f64 <= without.len() as f64 * 1.01);
+        for payload in [&with, &without] {
+            let mut out = vec![0u8; raw.len()];
+            decode(payload, &mut out).unwrap();
+            assert_eq!(out, raw);
+        }
+        // Byte-aligned nibble planes only: a scale plane marked nibble is
+        // refused.
+        let mut bad = with.clone();
+        let (_, at) = plane_codecs(&with)[..4]
+            .iter()
+            .copied()
+            .find(|&(c, _)| c == PLANE_RANS)
+            .unwrap();
+        bad[at] = PLANE_NIBBLE;
+        let mut out = vec![0u8; raw.len()];
+        assert!(decode(&bad, &mut out).is_err());
+        // Any flipped byte: an error or other bytes (the chunk crc's job),
+        // never a panic.
+        for i in 0..with.len() {
+            let mut b = with.clone();
+            b[i] ^= 0x21;
+            assert!(decode(&b, &mut out).is_err() || out != raw, "flip at {i}");
+        }
     }
 }

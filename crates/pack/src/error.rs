@@ -25,7 +25,7 @@ pub enum PackError {
     },
     #[error("{path}: not a tersor pack file (no TERSPAK magic)")]
     NotPacked { path: PathBuf },
-    #[error("{path}: unsupported tersor pack version {version} (this build reads {supported})")]
+    #[error("{path}: unsupported tersor pack version {version} (this build reads versions {oldest} to {supported})", oldest = crate::format::MIN_VERSION)]
     Version {
         path: PathBuf,
         version: u32,

@@ -9,7 +9,10 @@
 use crate::error::Corrupt;
 
 pub const MAGIC: [u8; 8] = *b"TERSPAK\0";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The oldest version this build reads (version 2 added the nibble plane
+/// codec; version 1 files are version 2 files without it).
+pub const MIN_VERSION: u32 = 1;
 pub const HEADER_LEN: u64 = 16;
 pub const FOOTER_LEN: u64 = 32;
 /// The largest raw chunk a reader accepts: decoding allocates at most this
@@ -84,7 +87,7 @@ pub fn check_header(h: &[u8]) -> Result<(), HeaderError> {
         return Err(HeaderError::NotPacked);
     }
     let version = u32::from_le_bytes(h[8..12].try_into().unwrap());
-    if version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(HeaderError::Version(version));
     }
     if h[12..16] != [0; 4] {

@@ -18,6 +18,7 @@
 pub mod chunk;
 pub mod error;
 pub mod format;
+pub mod nibble;
 pub mod planes;
 pub mod rans;
 pub mod scan;
@@ -52,6 +53,10 @@ pub struct PackOptions<'a> {
     pub zstd_level: i32,
     /// The smallest saving (share of a plane) worth entropy coding a plane.
     pub min_gain: f64,
+    /// Let the packed 4-bit quants of Q4/Q5 blocks take the nibble coder
+    /// (`nibble`): faster to decode on CPUs with AVX-512 VBMI, slower
+    /// without (see docs/pack-format.md).
+    pub nibbles: bool,
     /// Called with the number of input bytes just coded.
     pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
 }
@@ -62,6 +67,7 @@ impl Default for PackOptions<'_> {
             chunk_size: DEFAULT_CHUNK,
             zstd_level: 19,
             min_gain: DEFAULT_MIN_GAIN,
+            nibbles: true,
             progress: None,
         }
     }
@@ -316,7 +322,7 @@ fn pack_sources<W: Write>(
                 .par_iter()
                 .map(|j| {
                     let raw = &bytes[j.start..j.end];
-                    let e = chunk::encode(raw, j.kind, opts.min_gain);
+                    let e = chunk::encode(raw, j.kind, opts.min_gain, opts.nibbles);
                     if let Some(p) = opts.progress {
                         p(raw.len() as u64);
                     }

@@ -37,6 +37,9 @@ pub struct RecordLayout {
     /// that of `d`: on the default LM the difference has 2.25 bits of
     /// entropy against 3.03 for the byte itself.
     pub delta: Option<(usize, usize)>,
+    /// The last plane holds packed 4-bit values (`qs` of the Q4 and Q5
+    /// blocks), which the nibble coder may take (`crate::nibble`).
+    pub nibbles: bool,
 }
 
 // Groups follow ggml-common.h: `block_q4_0 { ggml_half d; uint8_t qs[16]; }`
@@ -46,30 +49,35 @@ const Q4_0: RecordLayout = RecordLayout {
     size: 18,
     groups: &[(0, 1), (1, 2), (2, 18)],
     delta: None,
+    nibbles: true,
 };
 const Q4_1: RecordLayout = RecordLayout {
     id: 11,
     size: 20,
     groups: &[(0, 1), (1, 2), (2, 3), (3, 4), (4, 20)],
     delta: Some((3, 1)),
+    nibbles: true,
 };
 const Q5_0: RecordLayout = RecordLayout {
     id: 12,
     size: 22,
     groups: &[(0, 1), (1, 2), (2, 6), (6, 22)],
     delta: None,
+    nibbles: true,
 };
 const Q5_1: RecordLayout = RecordLayout {
     id: 13,
     size: 24,
     groups: &[(0, 1), (1, 2), (2, 3), (3, 4), (4, 8), (8, 24)],
     delta: Some((3, 1)),
+    nibbles: true,
 };
 const Q8_0: RecordLayout = RecordLayout {
     id: 14,
     size: 34,
     groups: &[(0, 1), (1, 2), (2, 34)],
     delta: None,
+    nibbles: false,
 };
 const RECORDS: [RecordLayout; 5] = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0];
 
@@ -150,6 +158,14 @@ impl Layout {
         let p = r.groups.len() - 1;
         let (a, b) = r.groups[p];
         crate::rans::Spread::new(b - a, r.size).map(|sp| (p, sp, a))
+    }
+
+    /// The plane of packed 4-bit values, if the layout has one.
+    pub fn nibble_plane(self) -> Option<usize> {
+        match self {
+            Layout::Record(r) if r.nibbles => Some(r.groups.len() - 1),
+            _ => None,
+        }
     }
 
     /// Bytes of plane `p` for `n` records.

@@ -1,9 +1,9 @@
 //! Static order-0 rANS over bytes (Duda, "Asymmetric numeral systems", 2013;
 //! the word-renormalised, interleaved form of Giesen's `ryg_rans`).
 //!
-//! One frequency table per coded plane, quantised to `PROB_BITS` bits; eight
-//! states interleaved over one 16-bit word stream so that the decoder's
-//! eight dependency chains overlap in the CPU. Symbol `i` belongs to lane
+//! One frequency table per coded plane, quantised to `PROB_BITS` bits;
+//! `LANES` states interleaved over one 16-bit word stream so that the
+//! decoder's dependency chains overlap in the CPU. Symbol `i` belongs to lane
 //! `i % LANES`; the encoder walks the symbols backwards so the decoder reads
 //! the words forwards.
 //!
@@ -22,7 +22,7 @@ pub const PROB_SCALE: u32 = 1 << PROB_BITS;
 pub const LANES: usize = 64;
 /// Lower bound of the state interval [L, L << 16). 2^15 keeps states below
 /// 2^31, where the encoder's reciprocal division is exact.
-const RANS_L: u32 = 1 << 15;
+pub(crate) const RANS_L: u32 = 1 << 15;
 
 /// A quantised byte distribution: `freq[s]` over 256 symbols summing to
 /// [`PROB_SCALE`], every occurring symbol at least 1.
@@ -240,7 +240,10 @@ pub fn encode(data: &[u8], table: &Table, out: &mut Vec<u8>) {
     }
     let mut state = [RANS_L; LANES];
     // Words come out last-first; collect and reverse once.
-    let mut words: Vec<u16> = Vec::with_capacity(data.len() / 2 + 16);
+    // At most one word per symbol. Written branch-free: on near-uniform
+    // planes a branch on the flush would mispredict half the time.
+    let mut words = vec![0u16; data.len()];
+    let mut n_words = 0usize;
     for i in (0..data.len()).rev() {
         let s = &syms[data[i] as usize];
         debug_assert!(
@@ -248,18 +251,18 @@ pub fn encode(data: &[u8], table: &Table, out: &mut Vec<u8>) {
             "symbol missing from table"
         );
         let x = &mut state[i % LANES];
-        if *x >= s.x_max {
-            words.push(*x as u16);
-            *x >>= 16;
-        }
+        let flush = (*x >= s.x_max) as u32;
+        words[n_words] = *x as u16;
+        n_words += flush as usize;
+        *x >>= flush << 4;
         let q = ((*x as u64 * s.rcp_freq as u64) >> 32) as u32 >> s.rcp_shift;
         *x = *x + s.bias + q * s.cmpl_freq;
     }
-    out.reserve(LANES * 4 + words.len() * 2);
+    out.reserve(LANES * 4 + n_words * 2);
     for x in state {
         out.extend_from_slice(&x.to_le_bytes());
     }
-    for w in words.iter().rev() {
+    for w in words[..n_words].iter().rev() {
         out.extend_from_slice(&w.to_le_bytes());
     }
 }
@@ -267,15 +270,14 @@ pub fn encode(data: &[u8], table: &Table, out: &mut Vec<u8>) {
 /// Decode table entry: symbol (bits 0..8), frequency (8..20) and the slot's
 /// offset within the symbol's range (20..32).
 fn decode_table(table: &Table) -> Vec<u32> {
-    let mut t = vec![0u32; PROB_SCALE as usize];
-    let mut slot = 0usize;
-    for s in 0..256 {
-        let f = table.freq[s] as usize;
-        for k in 0..f {
-            t[slot + k] = s as u32 | (f as u32) << 8 | (k as u32) << 20;
-        }
-        slot += f;
+    // Built per plane and chunk (a few per 768 KiB), so it is written to
+    // vectorise: one arithmetic run per symbol, no zero-fill first.
+    let mut t = Vec::with_capacity(PROB_SCALE as usize);
+    for (s, &f) in table.freq.iter().enumerate() {
+        let base = s as u32 | (f as u32) << 8;
+        t.extend((0..f as u32).map(|k| base + (k << 20)));
     }
+    debug_assert_eq!(t.len(), PROB_SCALE as usize);
     t
 }
 
@@ -310,7 +312,7 @@ impl Spread {
     }
 
     #[inline(always)]
-    fn at(self, i: usize) -> usize {
+    pub(crate) fn at(self, i: usize) -> usize {
         (i >> self.shift) * self.stride + (i & ((1 << self.shift) - 1))
     }
 }
@@ -345,24 +347,37 @@ type Fast = unsafe fn(
 ) -> (usize, [u32; LANES], usize);
 
 /// The bulk decoders this CPU runs, fastest first (the scalar one last).
-fn available() -> Vec<Fast> {
-    let mut v: Vec<Fast> = Vec::new();
+fn available() -> Vec<(&'static str, Fast)> {
+    let mut v: Vec<(&'static str, Fast)> = Vec::new();
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("popcnt") {
         if std::arch::is_x86_feature_detected!("avx512f") {
-            v.push(avx512::decode_fast);
+            v.push(("avx512", avx512::decode_fast));
         }
         if std::arch::is_x86_feature_detected!("avx2") {
-            v.push(avx2::decode_fast);
+            v.push(("avx2", avx2::decode_fast));
         }
     }
-    v.push(decode_fast);
+    v.push(("scalar", decode_fast));
     v
+}
+
+/// The names of the bulk decoders this CPU runs, fastest first (the one
+/// `decode` uses first), for benchmarks.
+pub fn decoders() -> Vec<&'static str> {
+    available().into_iter().map(|(name, _)| name).collect()
+}
+
+/// [`decode`] with decoder `i` of [`decoders`] (benchmarks; panics if
+/// there is no such decoder).
+pub fn decode_using(i: usize, stream: &[u8], table: &Table, out: &mut [u8]) -> Result<(), Corrupt> {
+    let n = out.len();
+    decode_with(available()[i].1, stream, table, n, out, Spread::CONTIGUOUS)
 }
 
 fn fastest() -> Fast {
     static FASTEST: std::sync::OnceLock<Fast> = std::sync::OnceLock::new();
-    *FASTEST.get_or_init(|| available()[0])
+    *FASTEST.get_or_init(|| available()[0].1)
 }
 
 fn decode_with(
@@ -455,7 +470,7 @@ fn decode_fast(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     //! The same decoder as `decode_fast`, eight lanes per AVX2 vector: a
     //! gather for the table lookup, a compare for the renormalisation, and
     //! a permutation (chosen by the compare's bit mask) that hands the next
@@ -466,7 +481,7 @@ mod avx2 {
 
     /// `PERM[m][l]`: for a need-mask `m`, which of the eight loaded words
     /// lane `l` takes (the count of needing lanes before it).
-    const PERM: [[u32; 8]; 256] = {
+    pub(crate) const PERM: [[u32; 8]; 256] = {
         let mut t = [[0u32; 8]; 256];
         let mut m = 0;
         while m < 256 {
@@ -621,8 +636,7 @@ mod avx512 {
                     words.as_ptr().add(pos * 2) as *const __m256i
                 ));
                 let w = _mm512_maskz_expand_epi32(need, w);
-                let renorm = _mm512_or_si512(_mm512_slli_epi32::<16>(v), w);
-                *s = _mm512_mask_blend_epi32(need, v, renorm);
+                *s = _mm512_or_si512(_mm512_mask_slli_epi32::<16>(v, need, v), w);
                 pos += need.count_ones() as usize;
                 done += 16;
             }
@@ -744,7 +758,7 @@ mod tests {
                 for (i, &b) in data.iter().enumerate() {
                     want[i / run * stride + i % run] = b;
                 }
-                for fast in available() {
+                for (_, fast) in available() {
                     let mut out = vec![0xa5u8; n_runs * stride];
                     decode_with(fast, &stream, &table, n, &mut out, spread).unwrap();
                     assert_eq!(out, want, "n={n} run={run} stride={stride}");
