@@ -588,7 +588,8 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         // Lengths around the 32-byte step leave checked tails.
         for n_runs in [1usize, 2, 3, 4, 5, 63, 64, 65, 701] {
-            for (run, stride) in [(16, 16), (16, 18), (16, 20)] {
+            // Contiguous, then the quants of Q4_0, Q4_1, Q5_0 and Q5_1 blocks.
+            for (run, stride) in [(16, 16), (16, 18), (16, 20), (16, 22), (16, 24)] {
                 let n = n_runs * 16;
                 let data = q4_bytes(&mut rng, n);
                 let (table, stream) = encoded(&data);
