@@ -24,7 +24,7 @@
 //! are the byte coder's.
 
 use crate::error::Corrupt;
-use crate::rans::{Spread, RANS_L};
+use crate::rans::{check_end, encode_lanes, read_states, EncSymbol, Spread, RANS_L};
 
 /// Interleaved states: eight zmm vectors. The permute-and-multiply chain
 /// needs more of them in flight than the byte decoder's gathers: on Zen 4,
@@ -151,49 +151,22 @@ fn nibble_at(k: usize) -> (usize, u32) {
 pub fn encode(data: &[u8], table: &Table, out: &mut Vec<u8>) {
     assert!(data.len().is_multiple_of(16), "nibble plane of odd length");
     let cum = table.cumulative();
-    // ryg_rans's encoder: division by `freq` as a multiply and shift
-    // (exact for states below 2^31).
-    let mut syms = [(0u32, 0u32, 0u32, 0u32, 0u32); 16];
+    let mut syms = [EncSymbol::default(); 16];
     for s in 0..16 {
-        let freq = table.freq[s] as u32;
-        if freq == 0 {
-            continue;
+        if table.freq[s] > 0 {
+            syms[s] = EncSymbol::new(cum[s], table.freq[s] as u32, PROB_BITS);
         }
-        let x_max = ((RANS_L >> PROB_BITS) << 16) * freq;
-        let cmpl = PROB_SCALE - freq;
-        syms[s] = if freq < 2 {
-            (x_max, !0, cum[s] + PROB_SCALE - 1, cmpl, 0)
-        } else {
-            let shift = 32 - (freq - 1).leading_zeros();
-            let rcp = (1u64 << (shift + 31)).div_ceil(freq as u64) as u32;
-            (x_max, rcp, cum[s], cmpl, shift - 1)
-        };
     }
-    let mut state = [RANS_L; LANES];
-    // At most one word per symbol. Written branch-free: on near-uniform
-    // planes a branch on the flush would mispredict half the time.
-    let mut words = vec![0u16; data.len() * 2];
-    let mut n_words = 0usize;
-    for k in (0..data.len() * 2).rev() {
-        let (b, shift) = nibble_at(k);
-        let s = ((data[b] >> shift) & 15) as usize;
-        debug_assert!(table.freq[s] > 0, "symbol missing from table");
-        let (x_max, rcp, bias, cmpl, rcp_shift) = syms[s];
-        let x = &mut state[k % LANES];
-        let flush = (*x >= x_max) as u32;
-        words[n_words] = *x as u16;
-        n_words += flush as usize;
-        *x >>= flush << 4;
-        let q = ((*x as u64 * rcp as u64) >> 32) as u32 >> rcp_shift;
-        *x = *x + bias + q * cmpl;
-    }
-    out.reserve(LANES * 4 + n_words * 2);
-    for x in state {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    for w in words[..n_words].iter().rev() {
-        out.extend_from_slice(&w.to_le_bytes());
-    }
+    encode_lanes::<LANES>(
+        data.len() * 2,
+        |k| {
+            let (b, shift) = nibble_at(k);
+            let s = ((data[b] >> shift) & 15) as usize;
+            debug_assert!(table.freq[s] > 0, "symbol missing from table");
+            syms[s]
+        },
+        out,
+    );
 }
 
 /// What a decoder needs of a table, per slot: the symbol, its frequency
@@ -317,20 +290,7 @@ fn decode_with(
         n == 0 || spread.at(n - 1) < out.len(),
         "nibble output too short"
     );
-    let head = stream
-        .get(..LANES * 4)
-        .ok_or(Corrupt("rANS stream shorter than its states"))?;
-    let mut x = [0u32; LANES];
-    for (j, xj) in x.iter_mut().enumerate() {
-        *xj = u32::from_le_bytes(head[j * 4..j * 4 + 4].try_into().unwrap());
-        if !(RANS_L..(RANS_L << 16)).contains(xj) {
-            return Err(Corrupt("rANS state out of range"));
-        }
-    }
-    let words = &stream[LANES * 4..];
-    if !words.len().is_multiple_of(2) {
-        return Err(Corrupt("rANS stream of odd length"));
-    }
+    let (x, words) = read_states::<LANES>(stream)?;
     let dt = DecodeTable::new(table);
     // SAFETY: `fast` comes from `available()`, so the CPU has its features;
     // positions below `n` lie in `out` (asserted above).
@@ -352,10 +312,7 @@ fn decode_with(
         let at = spread.at(b);
         out[at] = if shift == 0 { s } else { out[at] | s << 4 };
     }
-    if pos != words.len() / 2 || x.iter().any(|&v| v != RANS_L) {
-        return Err(Corrupt("rANS stream does not end where it should"));
-    }
-    Ok(())
+    check_end(&x, pos, words)
 }
 
 /// The scalar bulk decoder.

@@ -192,7 +192,7 @@ pub fn entropy_bits(counts: &[u64; 256]) -> f64 {
 /// ryg_rans's encoder symbol: division by `freq` as a multiply and shift
 /// (exact for states below 2^31).
 #[derive(Clone, Copy, Default)]
-struct EncSymbol {
+pub(crate) struct EncSymbol {
     x_max: u32,
     rcp_freq: u32,
     bias: u32,
@@ -201,14 +201,17 @@ struct EncSymbol {
 }
 
 impl EncSymbol {
-    fn new(start: u32, freq: u32) -> EncSymbol {
-        let x_max = ((RANS_L >> PROB_BITS) << 16) * freq;
-        let cmpl_freq = PROB_SCALE - freq;
+    /// The symbol starting at `start` with frequency `freq`, at
+    /// `prob_bits` bits of precision.
+    pub(crate) fn new(start: u32, freq: u32, prob_bits: u32) -> EncSymbol {
+        let scale = 1 << prob_bits;
+        let x_max = ((RANS_L >> prob_bits) << 16) * freq;
+        let cmpl_freq = scale - freq;
         if freq < 2 {
             EncSymbol {
                 x_max,
                 rcp_freq: !0,
-                bias: start + PROB_SCALE - 1,
+                bias: start + scale - 1,
                 cmpl_freq,
                 rcp_shift: 0,
             }
@@ -235,22 +238,40 @@ pub fn encode(data: &[u8], table: &Table, out: &mut Vec<u8>) {
     let mut syms = [EncSymbol::default(); 256];
     for s in 0..256 {
         if table.freq[s] > 0 {
-            syms[s] = EncSymbol::new(cum[s], table.freq[s] as u32);
+            syms[s] = EncSymbol::new(cum[s], table.freq[s] as u32, PROB_BITS);
         }
     }
-    let mut state = [RANS_L; LANES];
-    // Words come out last-first; collect and reverse once.
-    // At most one word per symbol. Written branch-free: on near-uniform
-    // planes a branch on the flush would mispredict half the time.
-    let mut words = vec![0u16; data.len()];
+    encode_lanes::<LANES>(
+        data.len(),
+        |i| {
+            debug_assert!(
+                table.freq[data[i] as usize] > 0,
+                "symbol missing from table"
+            );
+            syms[data[i] as usize]
+        },
+        out,
+    );
+}
+
+/// The interleaved encoder shared by the byte and nibble coders: symbol
+/// `i` of `n` (walked backwards, so the decoder reads forwards) goes to
+/// state `i % L` as `sym(i)`; appends the `L` final states and the words.
+#[inline(always)]
+pub(crate) fn encode_lanes<const L: usize>(
+    n: usize,
+    mut sym: impl FnMut(usize) -> EncSymbol,
+    out: &mut Vec<u8>,
+) {
+    let mut state = [RANS_L; L];
+    // Words come out last-first; collect and reverse once. At most one
+    // word per symbol. Written branch-free: on near-uniform planes a
+    // branch on the flush would mispredict half the time.
+    let mut words = vec![0u16; n];
     let mut n_words = 0usize;
-    for i in (0..data.len()).rev() {
-        let s = &syms[data[i] as usize];
-        debug_assert!(
-            table.freq[data[i] as usize] > 0,
-            "symbol missing from table"
-        );
-        let x = &mut state[i % LANES];
+    for i in (0..n).rev() {
+        let s = sym(i);
+        let x = &mut state[i % L];
         let flush = (*x >= s.x_max) as u32;
         words[n_words] = *x as u16;
         n_words += flush as usize;
@@ -258,7 +279,7 @@ pub fn encode(data: &[u8], table: &Table, out: &mut Vec<u8>) {
         let q = ((*x as u64 * s.rcp_freq as u64) >> 32) as u32 >> s.rcp_shift;
         *x = *x + s.bias + q * s.cmpl_freq;
     }
-    out.reserve(LANES * 4 + n_words * 2);
+    out.reserve(L * 4 + n_words * 2);
     for x in state {
         out.extend_from_slice(&x.to_le_bytes());
     }
@@ -394,28 +415,40 @@ fn decode_with(
         n == 0 || spread.at(n - 1) < out.len(),
         "rANS output too short"
     );
-    let head = stream
-        .get(..LANES * 4)
-        .ok_or(Corrupt("rANS stream shorter than its states"))?;
-    let mut x = [0u32; LANES];
-    for (j, xj) in x.iter_mut().enumerate() {
-        *xj = u32::from_le_bytes(head[j * 4..j * 4 + 4].try_into().unwrap());
-        if !(RANS_L..(RANS_L << 16)).contains(xj) {
-            return Err(Corrupt("rANS state out of range"));
-        }
-    }
-    let words = &stream[LANES * 4..];
-    if !words.len().is_multiple_of(2) {
-        return Err(Corrupt("rANS stream of odd length"));
-    }
-    let n_words = words.len() / 2;
+    let (x, words) = read_states::<LANES>(stream)?;
     let dt = decode_table(table);
     let dt: &[u32; PROB_SCALE as usize] = dt.as_slice().try_into().unwrap();
     // SAFETY: `fast` comes from `available()`, so the CPU has its features;
     // positions below `n` lie in `out` (asserted above).
     let (done, mut x, mut pos) = unsafe { fast(out, n, spread, x, dt, words) };
     decode_checked(out, done..n, spread, &mut x, dt, words, &mut pos)?;
-    if pos != n_words || x.iter().any(|&v| v != RANS_L) {
+    check_end(&x, pos, words)
+}
+
+/// A stream's `L` initial states (each in `[RANS_L, RANS_L << 16)`) and
+/// its words (an even number of bytes).
+pub(crate) fn read_states<const L: usize>(stream: &[u8]) -> Result<([u32; L], &[u8]), Corrupt> {
+    let head = stream
+        .get(..L * 4)
+        .ok_or(Corrupt("rANS stream shorter than its states"))?;
+    let mut x = [0u32; L];
+    for (j, xj) in x.iter_mut().enumerate() {
+        *xj = u32::from_le_bytes(head[j * 4..j * 4 + 4].try_into().unwrap());
+        if !(RANS_L..(RANS_L << 16)).contains(xj) {
+            return Err(Corrupt("rANS state out of range"));
+        }
+    }
+    let words = &stream[L * 4..];
+    if !words.len().is_multiple_of(2) {
+        return Err(Corrupt("rANS stream of odd length"));
+    }
+    Ok((x, words))
+}
+
+/// The end check: every state back at the encoder's initial `RANS_L` and
+/// every word consumed, or the stream is corrupt.
+pub(crate) fn check_end(x: &[u32], pos: usize, words: &[u8]) -> Result<(), Corrupt> {
+    if pos != words.len() / 2 || x.iter().any(|&v| v != RANS_L) {
         return Err(Corrupt("rANS stream does not end where it should"));
     }
     Ok(())
