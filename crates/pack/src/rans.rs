@@ -241,26 +241,22 @@ pub fn encode(data: &[u8], table: &Table, out: &mut Vec<u8>) {
             syms[s] = EncSymbol::new(cum[s], table.freq[s] as u32, PROB_BITS);
         }
     }
-    encode_lanes::<LANES>(
-        data.len(),
-        |i| {
-            debug_assert!(
-                table.freq[data[i] as usize] > 0,
-                "symbol missing from table"
-            );
-            syms[data[i] as usize]
-        },
-        out,
-    );
+    let backwards = data.iter().rev().map(|&b| {
+        debug_assert!(table.freq[b as usize] > 0, "symbol missing from table");
+        &syms[b as usize]
+    });
+    encode_lanes::<LANES>(data.len(), backwards, out);
 }
 
-/// The interleaved encoder shared by the byte and nibble coders: symbol
-/// `i` of `n` (walked backwards, so the decoder reads forwards) goes to
-/// state `i % L` as `sym(i)`; appends the `L` final states and the words.
+/// The interleaved encoder shared by the byte and nibble coders: the `n`
+/// symbols come last first (so that the decoder reads forwards), symbol
+/// `i` going to state `i % L`; appends the `L` final states and the words.
+/// (An iterator, not an index: indexing the plane from here cost a bounds
+/// check per symbol, a fifth of the encoder's speed.)
 #[inline(always)]
-pub(crate) fn encode_lanes<const L: usize>(
+pub(crate) fn encode_lanes<'s, const L: usize>(
     n: usize,
-    mut sym: impl FnMut(usize) -> EncSymbol,
+    backwards: impl Iterator<Item = &'s EncSymbol>,
     out: &mut Vec<u8>,
 ) {
     let mut state = [RANS_L; L];
@@ -269,8 +265,7 @@ pub(crate) fn encode_lanes<const L: usize>(
     // branch on the flush would mispredict half the time.
     let mut words = vec![0u16; n];
     let mut n_words = 0usize;
-    for i in (0..n).rev() {
-        let s = sym(i);
+    for (i, s) in (0..n).rev().zip(backwards) {
         let x = &mut state[i % L];
         let flush = (*x >= s.x_max) as u32;
         words[n_words] = *x as u16;

@@ -1,7 +1,8 @@
 //! The decoder against damaged and hostile input (a seeded mutation corpus
 //! that CI runs on every change): every truncation, every single flipped
-//! byte, random multi-byte damage, and well-checksummed but adversarial
-//! indexes must give an error — never a panic, a hang, a huge allocation
+//! byte, random multi-byte damage (of a safetensors pack and of a Q4_1
+//! GGUF pack with nibble-coded quants), and well-checksummed but
+//! adversarial indexes must give an error — never a panic, a hang, a huge allocation
 //! or wrong bytes.
 
 use tersor_pack::format::{self, ChunkEntry, Index, Member, MemberKind, Segment};
@@ -63,6 +64,52 @@ fn sample() -> (Vec<u8>, Vec<u8>) {
     (file, packed)
 }
 
+/// A small Q4_1 GGUF whose quants take the nibble coder (format version 2's
+/// plane codec), beside its scale planes (rANS) and header (zstd).
+fn gguf_sample() -> (Vec<u8>, Vec<u8>) {
+    let mut rng = tersor_testkit::Rng::new(12);
+    let dir = tersor_testkit::TempDir::new("robust-gguf");
+    let path = dir.path().join("q4_1.gguf");
+    let mut w = tersor_gguf::GgufWriter::new(3, 32);
+    w.add_metadata(
+        "general.architecture",
+        tersor_gguf::Value::String("llama".into()),
+    );
+    w.add_tensor("w", vec![512, 32], tersor_gguf::GgmlType::Q4_1)
+        .unwrap();
+    // block_q4_1: f16 d and m, then 16 bytes of bell-shaped nibbles.
+    let blocks: Vec<u8> = (0..512)
+        .flat_map(|_| {
+            let d = half::f16::from_f32(0.002 + rng.uniform(0.001).abs());
+            let m = half::f16::from_f32(-7.5 * d.to_f32());
+            let mut nib = || {
+                let g: f32 = (0..4).map(|_| rng.uniform(0.5)).sum();
+                (7.5 + g * 5.0).round().clamp(0.0, 15.0) as u8
+            };
+            let qs: Vec<u8> = (0..16).map(|_| nib() | nib() << 4).collect();
+            [d.to_le_bytes().to_vec(), m.to_le_bytes().to_vec(), qs].concat()
+        })
+        .collect();
+    w.write(&path, |_, out| {
+        out.write_all(&blocks)?;
+        Ok(())
+    })
+    .unwrap();
+    let file = std::fs::read(&path).unwrap();
+    let (packed, _) = tersor_pack::pack_bytes("q4_1.gguf", &file, &PackOptions::default());
+    let bytes_opts = PackOptions {
+        nibbles: false,
+        ..PackOptions::default()
+    };
+    let (as_bytes, _) = tersor_pack::pack_bytes("q4_1.gguf", &file, &bytes_opts);
+    assert_ne!(
+        packed.len(),
+        as_bytes.len(),
+        "the quants took the byte coder"
+    );
+    (file, packed)
+}
+
 fn decode(bytes: &[u8]) -> Result<Vec<u8>, tersor_pack::PackError> {
     let a = Archive::from_bytes(bytes, "t.tsp")?;
     Ok(a.read_all()?.remove(0).1)
@@ -85,38 +132,50 @@ fn the_sample_decodes_and_uses_every_codec() {
 }
 
 #[test]
-fn every_truncation_is_an_error() {
-    let (_, packed) = sample();
-    for n in 0..packed.len() {
-        assert!(
-            decode(&packed[..n]).is_err(),
-            "truncated to {n} bytes decoded"
-        );
-    }
+fn the_gguf_sample_decodes() {
+    let (file, packed) = gguf_sample();
+    assert_eq!(decode(&packed).unwrap(), file);
 }
 
 #[test]
-fn every_single_flipped_byte_is_reported() {
-    let (_, packed) = sample();
-    for i in 0..packed.len() {
-        for mask in [0x01u8, 0x80, 0xff] {
-            let mut b = packed.clone();
-            b[i] ^= mask;
+fn every_truncation_is_an_error() {
+    for (_, packed) in [sample(), gguf_sample()] {
+        for n in 0..packed.len() {
             assert!(
-                decode(&b).is_err(),
-                "flip {mask:#x} at byte {i} of {} went unnoticed",
-                packed.len()
+                decode(&packed[..n]).is_err(),
+                "truncated to {n} bytes decoded"
             );
         }
     }
 }
 
 #[test]
+fn every_single_flipped_byte_is_reported() {
+    for (_, packed) in [sample(), gguf_sample()] {
+        for i in 0..packed.len() {
+            for mask in [0x01u8, 0x80, 0xff] {
+                let mut b = packed.clone();
+                b[i] ^= mask;
+                assert!(
+                    decode(&b).is_err(),
+                    "flip {mask:#x} at byte {i} of {} went unnoticed",
+                    packed.len()
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn random_damage_is_an_error() {
-    let (_, packed) = sample();
+    random_damage(&sample().1);
+    random_damage(&gguf_sample().1);
+}
+
+fn random_damage(packed: &[u8]) {
     let mut rng = tersor_testkit::Rng::new(99);
     for _ in 0..3000 {
-        let mut b = packed.clone();
+        let mut b = packed.to_vec();
         for _ in 0..1 + rng.below(8) {
             let i = rng.below(b.len() as u64) as usize;
             b[i] = rng.next_u64() as u8;
