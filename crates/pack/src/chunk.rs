@@ -16,6 +16,7 @@
 
 use crate::error::Corrupt;
 use crate::planes::Layout;
+use crate::rans::Spread;
 use crate::{nibble, rans};
 
 /// How the encoder should try to code a chunk.
@@ -118,12 +119,13 @@ fn encode_plane(plane: &[u8], p: &mut Vec<u8>, min_gain: f64, nibbles: bool) -> 
         let table = rans::Table::from_counts(&counts);
         // Estimate first: encoding a plane that will not pay is wasted
         // time on the near-uniform mantissa planes of some tensors.
-        let estimate = table.cost_bits(&counts) / 8.0 + 300.0;
+        let payload = table.cost_bits(&counts) / 8.0;
+        let estimate = payload + 300.0;
         let nibble_table = if nibbles && plane.len().is_multiple_of(16) {
             let nibble_counts = nibble::histogram(&counts);
             nibble::Table::from_counts(&nibble_counts).filter(|t| {
                 // Both with their tables and states.
-                let bytes = table.cost_bits(&counts) / 8.0
+                let bytes = payload
                     + (32 + distinct + 2 * table.freq.iter().filter(|&&f| f > 255).count()) as f64
                     + (rans::LANES * 4) as f64;
                 let nibble = t.cost_bits(&nibble_counts) / 8.0 + (16 + nibble::LANES * 4) as f64;
@@ -334,14 +336,7 @@ fn decode_planes(body: &[u8], out: &mut [u8]) -> Result<(), Corrupt> {
                 }
                 PLANE_RANS | PLANE_NIBBLE if n > 0 && in_place.is_some_and(|(q, ..)| q == p) => {
                     let (_, spread, at) = in_place.unwrap();
-                    let out = &mut out[at..whole];
-                    if codec == PLANE_RANS {
-                        let (table, t) = rans::Table::read(data)?;
-                        rans::decode_spread(&data[t..], &table, want, out, spread)?;
-                    } else {
-                        let (table, t) = nibble::Table::read(data)?;
-                        nibble::decode_spread(&data[t..], &table, want, out, spread)?;
-                    }
+                    decode_coded_plane(codec, data, want, &mut out[at..whole], spread)?;
                     placed = true;
                 }
                 PLANE_RAW => {
@@ -360,12 +355,8 @@ fn decode_planes(body: &[u8], out: &mut [u8]) -> Result<(), Corrupt> {
                             return Err(Corrupt("constant plane of the wrong length"));
                         }
                         buf.fill(data[0]);
-                    } else if codec == PLANE_RANS {
-                        let (table, t) = rans::Table::read(data)?;
-                        rans::decode(&data[t..], &table, buf)?;
                     } else {
-                        let (table, t) = nibble::Table::read(data)?;
-                        nibble::decode(&data[t..], &table, buf)?;
+                        decode_coded_plane(codec, data, want, buf, Spread::CONTIGUOUS)?;
                     }
                     *span = (true, used, want);
                     used += want;
@@ -394,6 +385,24 @@ fn decode_planes(body: &[u8], out: &mut [u8]) -> Result<(), Corrupt> {
         out[whole..].copy_from_slice(tail);
         Ok(())
     })
+}
+
+/// Decodes a rANS or nibble-rANS plane (table, then stream) of `n` bytes
+/// into `out` at the positions `spread` gives.
+fn decode_coded_plane(
+    codec: u8,
+    data: &[u8],
+    n: usize,
+    out: &mut [u8],
+    spread: Spread,
+) -> Result<(), Corrupt> {
+    if codec == PLANE_RANS {
+        let (table, t) = rans::Table::read(data)?;
+        rans::decode_spread(&data[t..], &table, n, out, spread)
+    } else {
+        let (table, t) = nibble::Table::read(data)?;
+        nibble::decode_spread(&data[t..], &table, n, out, spread)
+    }
 }
 
 /// The most planes a layout has (Q5_1's six).

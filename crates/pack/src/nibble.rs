@@ -24,7 +24,9 @@
 //! are the byte coder's.
 
 use crate::error::Corrupt;
-use crate::rans::{check_end, encode_lanes, read_states, EncSymbol, Spread, RANS_L};
+use crate::rans::{
+    check_end, encode_lanes, read_states, renorm_checked, renorm_lanes, EncSymbol, Spread, RANS_L,
+};
 
 /// Interleaved states: eight zmm vectors. The permute-and-multiply chain
 /// needs more of them in flight than the byte decoder's gathers: on Zen 4,
@@ -296,15 +298,8 @@ fn decode_with(
     // high nibble (16 symbols later) completes it.
     for k in done * 2..n * 2 {
         let j = k % LANES;
-        let (s, mut v) = dt.step(x[j]);
-        if v < RANS_L {
-            let w = words
-                .get(pos * 2..pos * 2 + 2)
-                .ok_or(Corrupt("rANS stream truncated"))?;
-            v = (v << 16) | u16::from_le_bytes([w[0], w[1]]) as u32;
-            pos += 1;
-        }
-        x[j] = v;
+        let (s, v) = dt.step(x[j]);
+        x[j] = renorm_checked(v, words, &mut pos)?;
         let (b, shift) = nibble_at(k);
         let at = spread.at(b);
         out[at] = if shift == 0 { s } else { out[at] | s << 4 };
@@ -326,20 +321,12 @@ fn decode_fast(
     let mut pos = 0usize;
     let mut done = 0usize;
     while done + LANES / 2 <= n && pos + LANES <= n_words {
-        let w: &[u8; 2 * LANES] = words[pos * 2..(pos + LANES) * 2].try_into().unwrap();
         let mut g = [0u8; LANES];
         let mut v = [0u32; LANES];
         for j in 0..LANES {
             (g[j], v[j]) = dt.step(x[j]);
         }
-        let mut k = 0usize;
-        for j in 0..LANES {
-            let need = (v[j] < RANS_L) as u32;
-            let at = (k * 2) & (2 * LANES - 1);
-            let word = u16::from_le_bytes([w[at], w[at + 1]]) as u32;
-            x[j] = (v[j] << (need << 4)) | (word & need.wrapping_neg());
-            k += need as usize;
-        }
+        let k = renorm_lanes(&v, &mut x, words, pos);
         for half in 0..LANES / 32 {
             let at = spread.at(done + half * 16);
             for i in 0..16 {

@@ -467,7 +467,6 @@ fn decode_fast(
     let mut pos = 0usize;
     let mut done = 0usize;
     while done + LANES <= n && pos + LANES <= n_words {
-        let w: &[u8; 2 * LANES] = words[pos * 2..(pos + LANES) * 2].try_into().unwrap();
         let mut g = [0u8; LANES];
         // Symbols and next states first (independent across lanes), then
         // the renormalisation, whose word position runs through the lanes.
@@ -477,16 +476,7 @@ fn decode_fast(
             g[j] = e as u8;
             v[j] = ((e >> 8) & 0xfff) * (x[j] >> PROB_BITS) + (e >> 20);
         }
-        let mut k = 0usize;
-        for j in 0..LANES {
-            // Branch-free: a ~50 % branch on the near-uniform planes would
-            // mispredict constantly.
-            let need = (v[j] < RANS_L) as u32;
-            let at = (k * 2) & (2 * LANES - 1);
-            let word = u16::from_le_bytes([w[at], w[at + 1]]) as u32;
-            x[j] = (v[j] << (need << 4)) | (word & need.wrapping_neg());
-            k += need as usize;
-        }
+        let k = renorm_lanes(&v, &mut x, words, pos);
         for (p, piece) in g.chunks_exact(16).enumerate() {
             let at = spread.at(done + p * 16);
             out[at..at + 16].copy_from_slice(piece);
@@ -677,6 +667,51 @@ mod avx512 {
     }
 }
 
+/// The bulk decoders' renormalisation, shared by the byte and nibble
+/// coders: lane `j` of `v` (states after a step) takes the next word when
+/// below `RANS_L`, in lane order, from the `L` words at `pos` (which the
+/// caller has checked exist); the result goes to `x`. Returns the words
+/// taken. Branch-free: a ~50 % branch on the near-uniform planes would
+/// mispredict constantly.
+#[inline(always)]
+pub(crate) fn renorm_lanes<const L: usize>(
+    v: &[u32; L],
+    x: &mut [u32; L],
+    words: &[u8],
+    pos: usize,
+) -> usize {
+    const { assert!(L.is_power_of_two()) };
+    let w: &[[u8; 2]; L] = words[pos * 2..(pos + L) * 2]
+        .as_chunks::<2>()
+        .0
+        .try_into()
+        .unwrap();
+    let mut k = 0usize;
+    for j in 0..L {
+        let need = (v[j] < RANS_L) as u32;
+        // `k` < L always (at most one word per lane); the mask lets the
+        // compiler see it.
+        let word = u16::from_le_bytes(w[k & (L - 1)]) as u32;
+        x[j] = (v[j] << (need << 4)) | (word & need.wrapping_neg());
+        k += need as usize;
+    }
+    k
+}
+
+/// The checked decoders' renormalisation: `v` takes the word at `*pos`
+/// when below `RANS_L`, or the stream is truncated.
+#[inline(always)]
+pub(crate) fn renorm_checked(v: u32, words: &[u8], pos: &mut usize) -> Result<u32, Corrupt> {
+    if v >= RANS_L {
+        return Ok(v);
+    }
+    let w = words
+        .get(*pos * 2..*pos * 2 + 2)
+        .ok_or(Corrupt("rANS stream truncated"))?;
+    *pos += 1;
+    Ok((v << 16) | u16::from_le_bytes([w[0], w[1]]) as u32)
+}
+
 /// Symbols lane by lane, each word read bounds-checked.
 fn decode_checked(
     out: &mut [u8],
@@ -691,15 +726,8 @@ fn decode_checked(
         let j = i % LANES;
         let e = dt[(x[j] & (PROB_SCALE - 1)) as usize];
         out[spread.at(i)] = e as u8;
-        let mut v = ((e >> 8) & 0xfff) * (x[j] >> PROB_BITS) + (e >> 20);
-        if v < RANS_L {
-            let w = words
-                .get(*pos * 2..*pos * 2 + 2)
-                .ok_or(Corrupt("rANS stream truncated"))?;
-            v = (v << 16) | u16::from_le_bytes([w[0], w[1]]) as u32;
-            *pos += 1;
-        }
-        x[j] = v;
+        let v = ((e >> 8) & 0xfff) * (x[j] >> PROB_BITS) + (e >> 20);
+        x[j] = renorm_checked(v, words, pos)?;
     }
     Ok(())
 }
